@@ -1,0 +1,102 @@
+// Reading and checking certificates: the stored record for one name, and the checks every pair passes before it
+// is served (parses, key matches, names covered). Uses node:crypto's X509Certificate only.
+import { createPrivateKey, X509Certificate } from 'node:crypto'
+import { ERR_BAD_CERTIFICATE } from './errors.js'
+
+/** What we store per managed name: key and chain together in one file, so they can never be half-written. */
+export interface CertificateRecord {
+  name: string
+  keyPem: string
+  chainPem: string
+  keyType: string
+  notBefore: string
+  notAfter: string
+  serial: string
+  issuer: string
+  issuedAt: string
+  orderUrl?: string
+}
+
+export interface CertificateInfo {
+  notBefore: Date
+  notAfter: Date
+  serial: string
+  issuer: string
+  subjectAltNames: string[]
+  leaf: X509Certificate
+}
+
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g
+
+export function splitChain(chainPem: string): string[] {
+  return chainPem.match(PEM_CERT) ?? []
+}
+
+/** Parses the leaf of a chain; throws FACME_BAD_CERTIFICATE if it does not parse. */
+export function inspectChain(name: string, chainPem: string): CertificateInfo {
+  const [first] = splitChain(chainPem)
+  if (!first) throw new ERR_BAD_CERTIFICATE(name, 'no PEM certificate found')
+  let leaf: X509Certificate
+  try {
+    leaf = new X509Certificate(first)
+  } catch (err) {
+    throw new ERR_BAD_CERTIFICATE(name, `does not parse: ${(err as Error).message}`, { cause: err })
+  }
+  return {
+    notBefore: new Date(leaf.validFrom),
+    notAfter: new Date(leaf.validTo),
+    serial: leaf.serialNumber,
+    issuer: leaf.issuer.replace(/\n/g, ', '),
+    subjectAltNames: parseSan(leaf.subjectAltName),
+    leaf,
+  }
+}
+
+function parseSan(san: string | undefined): string[] {
+  if (!san) return []
+  return san
+    .split(/,\s*/)
+    .filter((part) => part.startsWith('DNS:'))
+    .map((part) => part.slice(4).toLowerCase())
+}
+
+/**
+ * Full check of a key and chain before serving it: parses, key matches the leaf, the name is covered, every
+ * certificate of the chain parses. Expiry is reported, not refused: an expired certificate is still better than
+ * none while renewal runs.
+ */
+export function checkPair(name: string, keyPem: string, chainPem: string): CertificateInfo {
+  const info = inspectChain(name, chainPem)
+  let key: ReturnType<typeof createPrivateKey>
+  try {
+    key = createPrivateKey(keyPem)
+  } catch (err) {
+    throw new ERR_BAD_CERTIFICATE(name, `the private key does not parse: ${(err as Error).message}`, { cause: err })
+  }
+  if (!info.leaf.checkPrivateKey(key)) throw new ERR_BAD_CERTIFICATE(name, 'the private key does not match')
+  if (name !== '' && !info.subjectAltNames.includes(name) && !info.leaf.checkHost(name)) {
+    throw new ERR_BAD_CERTIFICATE(name, `the certificate does not cover ${name}`)
+  }
+  for (const pem of splitChain(chainPem).slice(1)) {
+    try {
+      new X509Certificate(pem)
+    } catch (err) {
+      throw new ERR_BAD_CERTIFICATE(name, `a chain certificate does not parse: ${(err as Error).message}`)
+    }
+  }
+  return info
+}
+
+/** Parses a stored record, returning undefined (never throwing) for anything truncated or corrupt. */
+export function parseRecord(raw: Buffer | undefined): CertificateRecord | undefined {
+  if (!raw) return undefined
+  try {
+    const value = JSON.parse(raw.toString('utf8')) as Partial<CertificateRecord>
+    if (typeof value.keyPem !== 'string' || typeof value.chainPem !== 'string' || typeof value.name !== 'string') {
+      return undefined
+    }
+    return value as CertificateRecord
+  } catch {
+    return undefined
+  }
+}

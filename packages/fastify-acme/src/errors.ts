@@ -1,0 +1,76 @@
+// Every error this package raises, each with a stable code (FACME_*) that callers can switch on.
+// Messages say what to fix; the original error, when there is one, is kept as `cause`.
+import createError from '@fastify/error'
+
+/** Pass `{ cause }` as the last argument to keep the underlying error. */
+export type Cause = { cause: unknown }
+
+export const ERR_INVALID_OPTIONS = createError<[string, Cause?]>(
+  'FACME_INVALID_OPTIONS',
+  'fastify-acme: invalid options: %s',
+)
+export const ERR_INVALID_NAME = createError<[string, string, Cause?]>(
+  'FACME_INVALID_NAME',
+  'fastify-acme: %s is not a name we can get a certificate for: %s',
+)
+export const ERR_DIRECTORY_REQUIRED = createError<[Cause?]>(
+  'FACME_DIRECTORY_REQUIRED',
+  "fastify-acme: `directory` is required: 'letsencrypt-staging' while testing, 'letsencrypt-production' when ready, or your CA's directory URL (production is never chosen silently)",
+)
+export const ERR_TOS_NOT_AGREED = createError<[string, Cause?]>(
+  'FACME_TOS_NOT_AGREED',
+  "fastify-acme: set `termsOfServiceAgreed: true` to accept the CA's terms of service (%s)",
+)
+export const ERR_NOT_HTTPS = createError<[Cause?]>(
+  'FACME_NOT_HTTPS',
+  'fastify-acme: this Fastify instance does not serve TLS, so it cannot answer TLS-ALPN-01 nor serve certificates; create it with `Fastify({ serverFactory: acmeServerFactory() })`',
+)
+export const ERR_SERVER_NOT_WIRED = createError<[Cause?]>(
+  'FACME_SERVER_NOT_WIRED',
+  "fastify-acme: the server was not created by acmeServerFactory(), so the plugin's certificates would never be served; pass `serverFactory: acmeServerFactory()` to Fastify()",
+)
+export const ERR_UNKNOWN_NAME = createError<[string, Cause?]>(
+  'FACME_UNKNOWN_NAME',
+  'fastify-acme: %s is not a managed name; add it to `names`',
+  404,
+)
+export const ERR_ORDER_FAILED = createError<[string, string, Cause?]>(
+  'FACME_ORDER_FAILED',
+  'fastify-acme: certificate order for %s failed: %s',
+  502,
+)
+export const ERR_RATE_LIMITED = createError<[string, string, Cause?]>(
+  'FACME_RATE_LIMITED',
+  'fastify-acme: the CA asked us to wait before ordering for %s again (until %s)',
+  503,
+)
+export const ERR_CA_UNREACHABLE = createError<[string, string, Cause?]>(
+  'FACME_CA_UNREACHABLE',
+  'fastify-acme: the ACME directory %s could not be reached: %s',
+  503,
+)
+export const ERR_STORAGE = createError<[string, string, Cause?]>(
+  'FACME_STORAGE',
+  'fastify-acme: storage %s failed: %s',
+  500,
+)
+export const ERR_STORAGE_KEY = createError<[string, Cause?]>(
+  'FACME_STORAGE_KEY',
+  'fastify-acme: invalid storage key %s',
+  500,
+)
+export const ERR_LOCK_TIMEOUT = createError<[string, Cause?]>(
+  'FACME_LOCK_TIMEOUT',
+  'fastify-acme: could not take the storage lock %s in time; another process may be ordering the same name',
+  503,
+)
+export const ERR_CLOSED = createError<[Cause?]>(
+  'FACME_CLOSED',
+  'fastify-acme: the plugin is closing; the operation was abandoned',
+  503,
+)
+export const ERR_BAD_CERTIFICATE = createError<[string, string, Cause?]>(
+  'FACME_BAD_CERTIFICATE',
+  'fastify-acme: certificate for %s is unusable: %s',
+  500,
+)

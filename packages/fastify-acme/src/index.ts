@@ -1,0 +1,104 @@
+// Entry point: the Fastify plugin (wrapped with fastify-plugin so `app.acme` is visible to the whole app), its
+// registration checks, lifecycle hooks, and the public exports.
+import { resolve } from 'node:path'
+import { Server as TlsServer } from 'node:tls'
+import type { FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import { createDecorator, type FastifyAcme } from './decorator.js'
+import { ERR_INVALID_OPTIONS, ERR_NOT_HTTPS, ERR_SERVER_NOT_WIRED } from './errors.js'
+import { AcmeEventEmitter } from './events.js'
+import { CertificateManager } from './manager.js'
+import { type ChallengeType, type FastifyAcmeOptions, resolveOptions, systemClock } from './options.js'
+import { wiringOf } from './server.js'
+import { FileStorage } from './storage/file.js'
+import type { Storage } from './storage/index.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    acme: FastifyAcme
+  }
+}
+
+function checkStorage(storage: unknown): Storage {
+  const s = storage as Record<string, unknown>
+  for (const method of ['get', 'put', 'delete', 'list', 'lock']) {
+    if (typeof s?.[method] !== 'function') throw new ERR_INVALID_OPTIONS(`storage must implement ${method}()`)
+  }
+  return storage as Storage
+}
+
+const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOptions) => {
+  const options = resolveOptions(rawOptions)
+  const server = fastify.server as unknown
+  if (!(server instanceof TlsServer)) throw new ERR_NOT_HTTPS()
+  const wiring = wiringOf(server)
+  if (!wiring) throw new ERR_SERVER_NOT_WIRED()
+  const storage = rawOptions.storage ? checkStorage(rawOptions.storage) : new FileStorage(resolve(options.cacheDir))
+  const log = fastify.log.child({ plugin: 'fastify-acme' })
+  const events = new AcmeEventEmitter()
+  let http01Mounted = false
+  const manager = new CertificateManager({
+    options,
+    storage,
+    resolver: wiring.resolver,
+    clock: rawOptions.clock ?? systemClock,
+    log,
+    events,
+    answerable: () => {
+      const types: ChallengeType[] = []
+      if (server.listening) types.push('tls-alpn-01')
+      if (http01Mounted) types.push('http-01')
+      return types
+    },
+  })
+  fastify.decorate(
+    'acme',
+    createDecorator(manager, wiring.resolver, events, wiring.responder, options.names, options.directoryUrl, () => {
+      http01Mounted = true
+    }),
+  )
+  // Cached certificates are served from the first handshake, before any CA contact.
+  await manager.load()
+  fastify.addHook('onListen', async () => {
+    if (options.issueOnStart) await manager.start()
+  })
+  fastify.addHook('preClose', async () => {
+    await manager.close()
+    events.removeAll()
+    wiring.closeHttp2Sessions()
+  })
+}
+
+export const fastifyAcme = fp(plugin, { fastify: '5.x', name: '@autotls/fastify-acme' })
+export default fastifyAcme
+
+export { type CertificateInfo, type CertificateRecord, checkPair, inspectChain } from './certificate.js'
+export { acmeHttp01, HTTP01_PREFIX } from './challenge-http.js'
+export { ACME_TLS_ALPN, isChallengeHello } from './challenge-tls-alpn.js'
+export type { FastifyAcme } from './decorator.js'
+export * from './errors.js'
+export type { AcmeEventName, AcmeEvents } from './events.js'
+export type { NameState, NameStatus } from './manager.js'
+export { canonicalName, normalizeServerName } from './names.js'
+export {
+  type AcmeOptionsData,
+  AcmeOptionsSchema,
+  type ChallengeType,
+  type Clock,
+  DEFAULT_CACHE_DIR,
+  DEFAULT_CHALLENGES,
+  DEFAULT_KEY_TYPE,
+  DEFAULT_RENEW_RATIO,
+  type FastifyAcmeOptions,
+  type KeyType,
+  LETSENCRYPT_PRODUCTION,
+  LETSENCRYPT_STAGING,
+  type ResolvedOptions,
+  resolveOptions,
+} from './options.js'
+export { clampRetryAfter, nextAttemptDelay, renewalTime, renewalWindow, retryDelay } from './renewal.js'
+export { CertResolver, type KeyCertPair } from './resolver.js'
+export { type AcmeServerOptions, acmeServerFactory, wiringOf } from './server.js'
+export { FileStorage } from './storage/file.js'
+export { directoryKey, type LockOptions, type Storage, type Unlock } from './storage/index.js'
+export { MemoryStorage } from './storage/memory.js'

@@ -1,0 +1,534 @@
+// The certificate manager: the order and renewal loop for every managed name. It loads cached certificates into
+// the resolver before any CA contact, decides per name when to act (renewal window, persisted retry state),
+// runs orders with bounded concurrency, a per-name storage lock and an account-wide order budget, stores the
+// result atomically and swaps it into the resolver. Failures are isolated per name.
+import type { FastifyBaseLogger } from 'fastify'
+import {
+  type AccountRecord,
+  AcmeCallError,
+  type ChallengeToPresent,
+  createAccount,
+  generateChallengeKey,
+  orderCertificate,
+  trustRoots,
+} from './acme.js'
+import { type CertificateRecord, checkPair, parseRecord } from './certificate.js'
+import { ERR_CLOSED, ERR_ORDER_FAILED, ERR_UNKNOWN_NAME } from './errors.js'
+import type { AcmeEventEmitter } from './events.js'
+import { normalizeServerName } from './names.js'
+import type { ChallengeType, Clock, ResolvedOptions } from './options.js'
+import { OrderLimiter } from './rate-limit.js'
+import { nextAttemptDelay, renewalTime } from './renewal.js'
+import type { CertResolver } from './resolver.js'
+import { Scheduler } from './scheduler.js'
+import { directoryKey, keys, type Storage } from './storage/index.js'
+
+export type NameState = 'pending' | 'valid' | 'expired' | 'ordering' | 'error'
+
+/** The public view of one managed name (what app.acme.status() returns). */
+export interface NameStatus {
+  name: string
+  state: NameState
+  notBefore?: string
+  notAfter?: string
+  issuer?: string
+  serial?: string
+  lastError?: { message: string; code?: string; at: string }
+  nextAction?: { kind: 'issue' | 'renew' | 'retry'; at: string }
+  /** Consecutive failed attempts since the last success. */
+  failures: number
+}
+
+/** Retry state persisted per name, so a crash-looping process does not re-order at every start. */
+interface RetryState {
+  failures: number
+  nextAttemptAt: number
+  lastError: string
+  lastErrorCode?: string | undefined
+  lastErrorAt: number
+}
+
+interface Entry {
+  status: NameStatus
+  record: CertificateRecord | undefined
+  running: Promise<NameStatus> | undefined
+  waiters: Array<{ resolve: (s: NameStatus) => void; reject: (e: Error) => void }>
+}
+
+export interface ManagerDeps {
+  options: ResolvedOptions
+  storage: Storage
+  resolver: CertResolver
+  clock: Clock
+  log: FastifyBaseLogger
+  events: AcmeEventEmitter
+  /** Challenge types this server can answer right now (TLS-ALPN-01 needs a wired TLS server, HTTP-01 a route). */
+  answerable(): ChallengeType[]
+  random?: () => number
+}
+
+/** Bound on how long close() waits for orders in flight before returning. */
+export const CLOSE_GRACE_MS = 1500
+
+export class CertificateManager {
+  readonly #o: ResolvedOptions
+  readonly #storage: Storage
+  readonly #resolver: CertResolver
+  readonly #clock: Clock
+  readonly #log: FastifyBaseLogger
+  readonly #events: AcmeEventEmitter
+  readonly #answerable: () => ChallengeType[]
+  readonly #random: () => number
+  readonly #dir: string
+  readonly #entries = new Map<string, Entry>()
+  readonly #scheduler: Scheduler
+  readonly #limiter: OrderLimiter
+  readonly #abort = new AbortController()
+  readonly #http01 = new Map<string, string>()
+  #account: Promise<AccountRecord> | undefined
+  #challengeKey: Promise<string> | undefined
+  #slots: number
+  readonly #queue: Array<() => void> = []
+  #started = false
+  /** Counts orders this process sent to the CA (for status, tests and benchmarks). */
+  ordersSent = 0
+
+  constructor(deps: ManagerDeps) {
+    this.#o = deps.options
+    this.#storage = deps.storage
+    this.#resolver = deps.resolver
+    this.#clock = deps.clock
+    this.#log = deps.log
+    this.#events = deps.events
+    this.#answerable = deps.answerable
+    this.#random = deps.random ?? Math.random
+    this.#dir = directoryKey(this.#o.directoryUrl)
+    this.#slots = this.#o.concurrency
+    this.#limiter = new OrderLimiter(this.#o.rateLimit.orders, this.#o.rateLimit.windowMs)
+    this.#scheduler = new Scheduler(this.#clock, (name) => {
+      void this.#run(name, this.#entries.get(name)?.record ? 'renewal' : 'missing').catch(() => {})
+    })
+    trustRoots(this.#o.caRoots)
+    for (const name of this.#o.names) {
+      this.#entries.set(name, {
+        status: { name, state: 'pending', failures: 0 },
+        record: undefined,
+        running: undefined,
+        waiters: [],
+      })
+    }
+  }
+
+  get directoryKey(): string {
+    return this.#dir
+  }
+
+  /** Loads cached certificates and retry state; serves valid ones at once. Never contacts the CA. */
+  async load(): Promise<void> {
+    await Promise.all(
+      [...this.#entries.values()].map(async (entry) => {
+        const name = entry.status.name
+        const raw = await this.#storage.get(keys.certificate(this.#dir, name)).catch((err: Error) => {
+          this.#log.error({ name, err }, 'fastify-acme: reading the cached certificate failed; treating it as missing')
+          return undefined
+        })
+        const record = parseRecord(raw)
+        if (raw && !record)
+          this.#log.warn({ name }, 'fastify-acme: cached certificate is corrupt; treating it as missing')
+        if (record) {
+          try {
+            const info = checkPair(name, record.keyPem, record.chainPem)
+            this.#resolver.setLazy(name, { key: record.keyPem, cert: record.chainPem })
+            entry.record = record
+            const expired = info.notAfter.getTime() <= this.#clock.now()
+            Object.assign(entry.status, {
+              state: expired ? 'expired' : 'valid',
+              notBefore: info.notBefore.toISOString(),
+              notAfter: info.notAfter.toISOString(),
+              issuer: info.issuer,
+              serial: info.serial,
+            })
+            this.#events.emit('certificate-loaded', {
+              name,
+              notAfter: info.notAfter.toISOString(),
+              serial: info.serial,
+              expired,
+            })
+            this.#log.info(
+              { name, notAfter: info.notAfter.toISOString(), serial: info.serial },
+              'fastify-acme: cached certificate loaded',
+            )
+          } catch (err) {
+            this.#log.warn({ name, err }, 'fastify-acme: cached certificate is unusable; treating it as missing')
+          }
+        }
+        const retry = await this.#readRetry(name)
+        if (retry) {
+          entry.status.failures = retry.failures
+          entry.status.lastError = {
+            message: retry.lastError,
+            at: new Date(retry.lastErrorAt).toISOString(),
+            ...(retry.lastErrorCode ? { code: retry.lastErrorCode } : {}),
+          }
+          if (!entry.record) entry.status.state = 'error'
+        }
+      }),
+    )
+  }
+
+  /** Schedules every name: due ones now (in the background), others at their renewal or retry time. */
+  async start(): Promise<void> {
+    if (this.#started) return
+    this.#started = true
+    for (const entry of this.#entries.values()) await this.#plan(entry)
+  }
+
+  async #plan(entry: Entry): Promise<void> {
+    const name = entry.status.name
+    const retry = await this.#readRetry(name)
+    const now = this.#clock.now()
+    let at: number
+    let kind: 'issue' | 'renew' | 'retry'
+    if (entry.record) {
+      at = renewalTime(
+        Date.parse(entry.record.notBefore),
+        Date.parse(entry.record.notAfter),
+        this.#o.renewBeforeRatio,
+        this.#random,
+      )
+      kind = 'renew'
+    } else {
+      at = now
+      kind = 'issue'
+    }
+    if (retry && retry.nextAttemptAt > at) {
+      at = retry.nextAttemptAt
+      kind = 'retry'
+    }
+    this.#setNext(entry, kind, at)
+  }
+
+  #setNext(entry: Entry, kind: 'issue' | 'renew' | 'retry', at: number): void {
+    entry.status.nextAction = { kind, at: new Date(at).toISOString() }
+    this.#scheduler.schedule(entry.status.name, at)
+  }
+
+  status(name: string): NameStatus | undefined {
+    const entry = this.#entries.get(normalizeServerName(name))
+    return entry ? structuredClone(entry.status) : undefined
+  }
+
+  statuses(): NameStatus[] {
+    return [...this.#entries.values()].map((e) => structuredClone(e.status))
+  }
+
+  /** Orders a certificate for `name` now, whatever its schedule; resolves with the new status. */
+  async issueNow(name: string): Promise<NameStatus> {
+    const entry = this.#entries.get(normalizeServerName(name))
+    if (!entry) throw new ERR_UNKNOWN_NAME(name)
+    // An order already running was started before this request: wait for it, then order anew.
+    if (entry.running) await entry.running.catch(() => {})
+    return this.#run(entry.status.name, 'manual')
+  }
+
+  /** Resolves once `name` has a certificate being served (at once if it already has one). */
+  waitForCertificate(name: string): Promise<NameStatus> {
+    const entry = this.#entries.get(normalizeServerName(name))
+    if (!entry) return Promise.reject(new ERR_UNKNOWN_NAME(name))
+    if (entry.record) return Promise.resolve(structuredClone(entry.status))
+    return new Promise((resolve, reject) => entry.waiters.push({ resolve, reject }))
+  }
+
+  /** The key authorization for an HTTP-01 token, while its challenge is pending. */
+  http01(token: string): string | undefined {
+    return this.#http01.get(token)
+  }
+
+  async close(): Promise<void> {
+    this.#scheduler.stop()
+    this.#abort.abort(new ERR_CLOSED())
+    for (const entry of this.#entries.values()) {
+      for (const w of entry.waiters.splice(0)) w.reject(new ERR_CLOSED())
+    }
+    const running = [...this.#entries.values()].map((e) => e.running).filter((p) => p !== undefined)
+    if (running.length === 0) return
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      Promise.allSettled(running),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, CLOSE_GRACE_MS)
+      }),
+    ])
+    clearTimeout(timer)
+  }
+
+  #run(name: string, reason: 'missing' | 'renewal' | 'manual' | 'retry'): Promise<NameStatus> {
+    const entry = this.#entries.get(name)
+    if (!entry) return Promise.reject(new ERR_UNKNOWN_NAME(name))
+    if (entry.running) return entry.running
+    if (this.#abort.signal.aborted) return Promise.reject(new ERR_CLOSED())
+    this.#scheduler.cancel(name)
+    const effective = reason !== 'manual' && entry.status.failures > 0 ? 'retry' : reason
+    entry.running = this.#order(entry, effective).finally(() => {
+      entry.running = undefined
+    })
+    return entry.running
+  }
+
+  async #acquireSlot(): Promise<void> {
+    if (this.#slots > 0) {
+      this.#slots--
+      return
+    }
+    await new Promise<void>((resolve) => this.#queue.push(resolve))
+  }
+
+  #releaseSlot(): void {
+    const next = this.#queue.shift()
+    if (next) next()
+    else this.#slots++
+  }
+
+  async #order(entry: Entry, reason: 'missing' | 'renewal' | 'manual' | 'retry'): Promise<NameStatus> {
+    const name = entry.status.name
+    const signal = this.#abort.signal
+    await this.#acquireSlot()
+    let unlock: (() => Promise<void>) | undefined
+    try {
+      signal.throwIfAborted()
+      unlock = await this.#storage.lock(keys.orderLock(this.#dir, name), { timeoutMs: this.#o.orderTimeoutMs, signal })
+      // Another process sharing this storage may have renewed (or failed) while we waited for the lock.
+      if (reason !== 'manual' && (await this.#adoptStored(entry))) return structuredClone(entry.status)
+      const retry = await this.#readRetry(name)
+      if (reason !== 'manual' && retry && retry.nextAttemptAt > this.#clock.now()) {
+        this.#setNext(entry, 'retry', retry.nextAttemptAt)
+        return structuredClone(entry.status)
+      }
+      const wait = this.#limiter.take(this.#clock.now())
+      if (wait > 0) {
+        const until = this.#clock.now() + wait
+        this.#events.emit('order-deferred', {
+          name,
+          reason: 'order budget used up',
+          until: new Date(until).toISOString(),
+        })
+        this.#log.warn(
+          { name, until: new Date(until).toISOString() },
+          'fastify-acme: order budget for this account used up; deferring',
+        )
+        this.#setNext(entry, entry.record ? 'renew' : 'issue', until)
+        return structuredClone(entry.status)
+      }
+      // Prove the storage can keep what we are about to order: an order whose result cannot be stored would be
+      // lost at the next restart and ordered again.
+      await this.#storage.put(
+        keys.state(this.#dir, name),
+        JSON.stringify({ ...(retry ?? {}), orderingSince: this.#clock.now() }),
+      )
+      const attempt = (retry?.failures ?? 0) + 1
+      entry.status.state = 'ordering'
+      this.#events.emit('order-started', { name, reason, attempt })
+      this.#log.info({ name, reason, attempt }, 'fastify-acme: ordering certificate')
+      const account = await this.#ensureAccount(signal)
+      const challengeKey = await this.#ensureChallengeKey()
+      const answerable = this.#answerable()
+      const challenges = this.#o.challenges.filter((c) => answerable.includes(c))
+      if (challenges.length === 0) {
+        throw new ERR_ORDER_FAILED(
+          name,
+          `none of the challenge types ${this.#o.challenges.join(', ')} can be answered by this server`,
+        )
+      }
+      const timeout = AbortSignal.timeout(this.#o.orderTimeoutMs)
+      this.ordersSent++
+      const issued = await orderCertificate({
+        account,
+        eab: this.#o.eab,
+        name,
+        keyType: this.#o.keyType,
+        challenges,
+        challengeKey,
+        signal: AbortSignal.any([signal, timeout]),
+        present: (c) => this.#present(c),
+        remove: (c) => this.#remove(c),
+        log: (step, detail) => this.#log.info({ name, ...detail }, `fastify-acme: ${step}`),
+      })
+      const info = checkPair(name, issued.keyPem, issued.chainPem)
+      const record: CertificateRecord = {
+        name,
+        keyPem: issued.keyPem,
+        chainPem: issued.chainPem,
+        keyType: this.#o.keyType,
+        notBefore: info.notBefore.toISOString(),
+        notAfter: info.notAfter.toISOString(),
+        serial: info.serial,
+        issuer: info.issuer,
+        issuedAt: new Date(this.#clock.now()).toISOString(),
+        orderUrl: issued.orderUrl,
+      }
+      // Store first, then serve: a certificate we serve is always one we will find again after a restart.
+      // If storing fails we still serve it (it is valid) and the error is logged; the retry state stays.
+      const renewal = entry.record !== undefined
+      try {
+        await this.#storage.put(keys.certificate(this.#dir, name), JSON.stringify(record))
+        await this.#storage.delete(keys.state(this.#dir, name))
+      } catch (err) {
+        this.#log.error(
+          { name, err },
+          'fastify-acme: certificate issued but could not be stored; serving it from memory',
+        )
+      }
+      this.#install(entry, record)
+      this.#events.emit('certificate-issued', {
+        name,
+        notAfter: record.notAfter,
+        serial: record.serial,
+        issuer: record.issuer,
+        renewal,
+      })
+      this.#log.info(
+        { name, notAfter: record.notAfter, serial: record.serial, renewal },
+        'fastify-acme: certificate issued',
+      )
+      await this.#plan(entry)
+      return structuredClone(entry.status)
+    } catch (err) {
+      if (signal.aborted) throw new ERR_CLOSED({ cause: err })
+      await this.#fail(entry, err as Error)
+      throw err
+    } finally {
+      await unlock?.().catch(() => {})
+      this.#releaseSlot()
+    }
+  }
+
+  /** If storage holds a newer, not-yet-due certificate than ours (another process renewed it), serve that. */
+  async #adoptStored(entry: Entry): Promise<boolean> {
+    const record = parseRecord(
+      await this.#storage.get(keys.certificate(this.#dir, entry.status.name)).catch(() => undefined),
+    )
+    if (!record || record.serial === entry.record?.serial) return false
+    try {
+      checkPair(entry.status.name, record.keyPem, record.chainPem)
+    } catch {
+      return false
+    }
+    const due = renewalTime(
+      Date.parse(record.notBefore),
+      Date.parse(record.notAfter),
+      this.#o.renewBeforeRatio,
+      () => 0,
+    )
+    if (due <= this.#clock.now()) return false
+    this.#install(entry, record)
+    this.#log.info(
+      { name: entry.status.name, serial: record.serial },
+      'fastify-acme: adopted a certificate renewed by another process',
+    )
+    await this.#plan(entry)
+    return true
+  }
+
+  #install(entry: Entry, record: CertificateRecord): void {
+    this.#resolver.set(entry.status.name, { key: record.keyPem, cert: record.chainPem })
+    entry.record = record
+    Object.assign(entry.status, {
+      state: 'valid',
+      notBefore: record.notBefore,
+      notAfter: record.notAfter,
+      issuer: record.issuer,
+      serial: record.serial,
+      failures: 0,
+    })
+    delete entry.status.lastError
+    for (const w of entry.waiters.splice(0)) w.resolve(structuredClone(entry.status))
+  }
+
+  async #fail(entry: Entry, err: Error): Promise<void> {
+    const name = entry.status.name
+    const failures = entry.status.failures + 1
+    const facts = err instanceof AcmeCallError ? { retryAfterMs: err.retryAfterMs, validation: err.validation } : {}
+    const delay = nextAttemptDelay(failures, facts, this.#o, this.#random)
+    const now = this.#clock.now()
+    const nextAttemptAt = now + delay
+    const code =
+      (err as { code?: string }).code ??
+      (err instanceof AcmeCallError ? (err.problemType ?? err.networkCode) : undefined)
+    const state: RetryState = { failures, nextAttemptAt, lastError: err.message, lastErrorCode: code, lastErrorAt: now }
+    await this.#storage.put(keys.state(this.#dir, name), JSON.stringify(state)).catch((storeErr: Error) => {
+      this.#log.error({ name, err: storeErr }, 'fastify-acme: could not persist the retry state')
+    })
+    entry.status.failures = failures
+    entry.status.state = entry.record ? (Date.parse(entry.record.notAfter) <= now ? 'expired' : 'valid') : 'error'
+    entry.status.lastError = { message: err.message, at: new Date(now).toISOString(), ...(code ? { code } : {}) }
+    const at = new Date(nextAttemptAt).toISOString()
+    this.#setNext(entry, 'retry', nextAttemptAt)
+    this.#events.emit('order-failed', { name, error: err, attempt: failures, nextAttemptAt: at })
+    this.#log.error(
+      { name, attempt: failures, nextAttemptAt: at, err: { message: err.message, code } },
+      'fastify-acme: order failed',
+    )
+  }
+
+  async #readRetry(name: string): Promise<RetryState | undefined> {
+    const raw = await this.#storage.get(keys.state(this.#dir, name)).catch(() => undefined)
+    if (!raw) return undefined
+    try {
+      const value = JSON.parse(raw.toString('utf8')) as Partial<RetryState>
+      if (typeof value.failures !== 'number' || typeof value.nextAttemptAt !== 'number') return undefined
+      return value as RetryState
+    } catch {
+      return undefined
+    }
+  }
+
+  #ensureAccount(signal: AbortSignal): Promise<AccountRecord> {
+    this.#account ??= this.#loadOrCreateAccount(signal).catch((err: unknown) => {
+      this.#account = undefined
+      throw err
+    })
+    return this.#account
+  }
+
+  async #loadOrCreateAccount(signal: AbortSignal): Promise<AccountRecord> {
+    const key = keys.account(this.#dir)
+    const unlock = await this.#storage.lock(keys.accountLock(this.#dir), { timeoutMs: this.#o.orderTimeoutMs, signal })
+    try {
+      const raw = await this.#storage.get(key)
+      if (raw) {
+        try {
+          const account = JSON.parse(raw.toString('utf8')) as AccountRecord
+          if (typeof account.keyPem === 'string' && typeof account.url === 'string') return account
+        } catch {}
+        this.#log.error('fastify-acme: the stored ACME account is unreadable; registering a new account')
+      }
+      const account = await createAccount({
+        directoryUrl: this.#o.directoryUrl,
+        contact: this.#o.contact,
+        eab: this.#o.eab,
+        signal,
+      })
+      await this.#storage.put(key, JSON.stringify(account))
+      this.#log.info({ accountUrl: account.url }, 'fastify-acme: ACME account registered')
+      return account
+    } finally {
+      await unlock()
+    }
+  }
+
+  #ensureChallengeKey(): Promise<string> {
+    this.#challengeKey ??= generateChallengeKey()
+    return this.#challengeKey
+  }
+
+  #present(c: ChallengeToPresent): void {
+    if (c.type === 'tls-alpn-01' && c.tlsAlpn) this.#resolver.setChallenge(c.name, c.tlsAlpn)
+    if (c.type === 'http-01') this.#http01.set(c.token, c.keyAuthorization)
+    this.#events.emit('challenge-presented', { name: c.name, type: c.type })
+  }
+
+  #remove(c: ChallengeToPresent): void {
+    if (c.type === 'tls-alpn-01') this.#resolver.deleteChallenge(c.name)
+    if (c.type === 'http-01') this.#http01.delete(c.token)
+  }
+}

@@ -1,0 +1,194 @@
+// The plugin's options: one TypeBox schema is the source of truth for validation, types and defaults.
+// resolveOptions() turns user input into a fully-defaulted, canonical ResolvedOptions or throws a FACME_* error.
+import { type Static, Type } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import { ERR_DIRECTORY_REQUIRED, ERR_INVALID_OPTIONS, ERR_TOS_NOT_AGREED } from './errors.js'
+import { canonicalName } from './names.js'
+import type { Storage } from './storage/index.js'
+
+export const LETSENCRYPT_PRODUCTION = 'https://acme-v02.api.letsencrypt.org/directory'
+export const LETSENCRYPT_STAGING = 'https://acme-staging-v02.api.letsencrypt.org/directory'
+
+export const DEFAULT_CACHE_DIR = '.acme-cache'
+export const DEFAULT_KEY_TYPE = 'ecdsa-p256'
+export const DEFAULT_CHALLENGES = ['tls-alpn-01'] as const
+export const DEFAULT_RENEW_RATIO = 1 / 3
+export const DEFAULT_CONCURRENCY = 8
+export const DEFAULT_ORDER_TIMEOUT_MS = 5 * 60_000
+export const DEFAULT_RETRY_MIN_MS = 60_000
+export const DEFAULT_RETRY_MAX_MS = 24 * 3600_000
+export const DEFAULT_RATE_LIMIT_ORDERS = 250
+export const DEFAULT_RATE_LIMIT_WINDOW_MS = 3 * 3600_000
+
+export const KeyTypeSchema = Type.Union(
+  [Type.Literal('ecdsa-p256'), Type.Literal('ecdsa-p384'), Type.Literal('rsa-2048'), Type.Literal('rsa-4096')],
+  { description: 'Key type of the certificates (the account key is always ECDSA P-256)' },
+)
+export type KeyType = Static<typeof KeyTypeSchema>
+
+export const ChallengeTypeSchema = Type.Union([Type.Literal('tls-alpn-01'), Type.Literal('http-01')])
+export type ChallengeType = Static<typeof ChallengeTypeSchema>
+
+export const AcmeOptionsSchema = Type.Object(
+  {
+    names: Type.Array(Type.String({ minLength: 1, maxLength: 253 }), {
+      minItems: 1,
+      description: 'DNS names to manage; each gets its own certificate. IDNs are converted to punycode.',
+    }),
+    directory: Type.String({
+      minLength: 1,
+      description: "'letsencrypt-production', 'letsencrypt-staging', or an ACME directory URL (https)",
+    }),
+    termsOfServiceAgreed: Type.Boolean({ description: "Must be true: you accept the CA's terms of service" }),
+    contact: Type.Optional(
+      Type.Array(Type.String({ pattern: '^mailto:[^@\\s]+@[^@\\s]+$' }), {
+        description: 'Account contacts, e.g. ["mailto:ops@example.com"]',
+      }),
+    ),
+    cacheDir: Type.Optional(
+      Type.String({ minLength: 1, description: `Folder for account and certificates (default ${DEFAULT_CACHE_DIR})` }),
+    ),
+    keyType: Type.Optional(KeyTypeSchema),
+    challenges: Type.Optional(
+      Type.Array(ChallengeTypeSchema, {
+        minItems: 1,
+        uniqueItems: true,
+        description: 'Challenge types to answer, in order of preference (default ["tls-alpn-01"])',
+      }),
+    ),
+    caRoots: Type.Optional(
+      Type.Union([Type.String(), Type.Array(Type.String())], {
+        description: "Extra PEM roots to trust for the ACME directory's HTTPS (private CAs, Pebble)",
+      }),
+    ),
+    eab: Type.Optional(
+      Type.Object(
+        {
+          kid: Type.String({ minLength: 1 }),
+          hmacKey: Type.String({ minLength: 1, pattern: '^[A-Za-z0-9_=-]+$', description: 'base64url HMAC key' }),
+        },
+        { additionalProperties: false, description: 'External account binding issued by the CA' },
+      ),
+    ),
+    renewBeforeRatio: Type.Optional(
+      Type.Number({
+        exclusiveMinimum: 0,
+        exclusiveMaximum: 1,
+        description: 'Renew when this fraction of the lifetime remains (default 1/3)',
+      }),
+    ),
+    concurrency: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'Orders running at once' })),
+    orderTimeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: 'Give up one order attempt after this' })),
+    retryMinMs: Type.Optional(Type.Integer({ minimum: 1, description: 'First retry delay after a failed order' })),
+    retryMaxMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Longest retry delay (default one day)' })),
+    rateLimit: Type.Optional(
+      Type.Object(
+        { orders: Type.Integer({ minimum: 1 }), windowMs: Type.Integer({ minimum: 1000 }) },
+        { additionalProperties: false, description: 'At most `orders` new orders per account per `windowMs`' },
+      ),
+    ),
+    issueOnStart: Type.Optional(
+      Type.Boolean({ description: 'Order missing certificates when the server starts listening (default true)' }),
+    ),
+  },
+  { additionalProperties: false },
+)
+
+export type AcmeOptionsData = Static<typeof AcmeOptionsSchema>
+
+/** Options accepted by the plugin: the schema's data plus objects that are not data. */
+export interface FastifyAcmeOptions extends AcmeOptionsData {
+  /** Storage backend; default: a FileStorage in `cacheDir`. */
+  storage?: Storage
+  /** Clock used for scheduling; tests pass a controllable one. */
+  clock?: Clock
+}
+
+export interface Clock {
+  now(): number
+  setTimeout(fn: () => void, ms: number): { unref?(): unknown } | unknown
+  clearTimeout(handle: unknown): void
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+}
+
+export interface ResolvedOptions {
+  names: string[]
+  directoryUrl: string
+  contact: string[]
+  cacheDir: string
+  keyType: KeyType
+  challenges: ChallengeType[]
+  caRoots: string[]
+  eab: { kid: string; hmacKey: string } | undefined
+  renewBeforeRatio: number
+  concurrency: number
+  orderTimeoutMs: number
+  retryMinMs: number
+  retryMaxMs: number
+  rateLimit: { orders: number; windowMs: number }
+  issueOnStart: boolean
+}
+
+function resolveDirectory(directory: string | undefined): string {
+  if (directory === undefined || directory === '') throw new ERR_DIRECTORY_REQUIRED()
+  if (directory === 'letsencrypt-production') return LETSENCRYPT_PRODUCTION
+  if (directory === 'letsencrypt-staging') return LETSENCRYPT_STAGING
+  let url: URL
+  try {
+    url = new URL(directory)
+  } catch {
+    throw new ERR_INVALID_OPTIONS(
+      `directory ${JSON.stringify(directory)} is neither 'letsencrypt-production', 'letsencrypt-staging' nor a URL`,
+    )
+  }
+  if (url.protocol !== 'https:') throw new ERR_INVALID_OPTIONS(`directory must be an https URL, got ${url.protocol}`)
+  return url.href
+}
+
+/** Validates user options and fills defaults. Throws FACME_* errors that name the option to fix. */
+export function resolveOptions(input: unknown): ResolvedOptions {
+  if (input === null || typeof input !== 'object') throw new ERR_INVALID_OPTIONS('options must be an object')
+  const { storage: _storage, clock: _clock, ...data } = input as Record<string, unknown>
+  // Checked before the schema so that a missing directory or ToS gets its own, more helpful code.
+  if (data['directory'] === undefined) throw new ERR_DIRECTORY_REQUIRED()
+  if (data['termsOfServiceAgreed'] !== true && data['termsOfServiceAgreed'] !== undefined) {
+    throw new ERR_TOS_NOT_AGREED(String(data['directory']))
+  }
+  if (data['termsOfServiceAgreed'] === undefined) throw new ERR_TOS_NOT_AGREED(String(data['directory']))
+  if (!Value.Check(AcmeOptionsSchema, data)) {
+    const first = Value.Errors(AcmeOptionsSchema, data).First()
+    const where = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : '(root)'
+    throw new ERR_INVALID_OPTIONS(`${where}: ${first?.message ?? 'does not match the schema'}`)
+  }
+  const opts = data as AcmeOptionsData
+  const names = [...new Set(opts.names.map(canonicalName))]
+  const caRoots = opts.caRoots === undefined ? [] : Array.isArray(opts.caRoots) ? opts.caRoots : [opts.caRoots]
+  for (const pem of caRoots) {
+    if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ERR_INVALID_OPTIONS('caRoots: each entry must be PEM')
+  }
+  const retryMinMs = opts.retryMinMs ?? DEFAULT_RETRY_MIN_MS
+  const retryMaxMs = opts.retryMaxMs ?? DEFAULT_RETRY_MAX_MS
+  if (retryMaxMs < retryMinMs) throw new ERR_INVALID_OPTIONS('retryMaxMs must be >= retryMinMs')
+  return {
+    names,
+    directoryUrl: resolveDirectory(opts.directory),
+    contact: opts.contact ?? [],
+    cacheDir: opts.cacheDir ?? DEFAULT_CACHE_DIR,
+    keyType: opts.keyType ?? DEFAULT_KEY_TYPE,
+    challenges: opts.challenges ?? [...DEFAULT_CHALLENGES],
+    caRoots,
+    eab: opts.eab,
+    renewBeforeRatio: opts.renewBeforeRatio ?? DEFAULT_RENEW_RATIO,
+    concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
+    orderTimeoutMs: opts.orderTimeoutMs ?? DEFAULT_ORDER_TIMEOUT_MS,
+    retryMinMs,
+    retryMaxMs,
+    rateLimit: opts.rateLimit ?? { orders: DEFAULT_RATE_LIMIT_ORDERS, windowMs: DEFAULT_RATE_LIMIT_WINDOW_MS },
+    issueOnStart: opts.issueOnStart ?? true,
+  }
+}

@@ -1,0 +1,115 @@
+// SNI -> certificate, in memory. This is the hot path of every handshake: one normalisation and one Map lookup,
+// no I/O, no awaits. Secure contexts are built lazily on the first handshake for a name (and rebuilt only when the
+// certificate changes), so a store of many names costs little memory until they are used. Challenge certificates
+// live in a separate map that only the TLS-ALPN-01 responder reads, so a normal client can never get one.
+import { createSecureContext, type SecureContext } from 'node:tls'
+import { normalizeServerName } from './names.js'
+
+export interface KeyCertPair {
+  key: string
+  cert: string
+}
+
+interface Entry {
+  pair: KeyCertPair
+  context: SecureContext | undefined
+}
+
+export type SniCallback = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void
+
+export class CertResolver {
+  readonly #certs = new Map<string, Entry>()
+  readonly #challenges = new Map<string, SecureContext>()
+  #fallback: Entry | undefined
+  /** Counts handshakes answered per outcome; cheap integers, read by the status decorator and benchmarks. */
+  readonly stats = { hits: 0, misses: 0, contextsBuilt: 0 }
+
+  /** Installs (or atomically replaces) the certificate served for `name`; handshakes already running keep theirs. */
+  set(name: string, pair: KeyCertPair): void {
+    // Build the context now: a bad pair fails here, in the caller, rather than in a client's handshake.
+    const context = createSecureContext({ key: pair.key, cert: pair.cert })
+    this.stats.contextsBuilt++
+    this.#certs.set(normalizeServerName(name), { pair, context })
+  }
+
+  /** Like set(), but defers building the context to the first handshake (for loading many cached names). */
+  setLazy(name: string, pair: KeyCertPair): void {
+    this.#certs.set(normalizeServerName(name), { pair, context: undefined })
+  }
+
+  delete(name: string): void {
+    this.#certs.delete(normalizeServerName(name))
+  }
+
+  has(name: string): boolean {
+    return this.#certs.has(normalizeServerName(name))
+  }
+
+  get(name: string): KeyCertPair | undefined {
+    return this.#certs.get(normalizeServerName(name))?.pair
+  }
+
+  names(): string[] {
+    return [...this.#certs.keys()]
+  }
+
+  get size(): number {
+    return this.#certs.size
+  }
+
+  /** The certificate for names we do not manage (and, via the server's own options, for clients without SNI). */
+  setFallback(pair: KeyCertPair | undefined): void {
+    this.#fallback = pair ? { pair, context: createSecureContext({ key: pair.key, cert: pair.cert }) } : undefined
+  }
+
+  /** Synchronous lookup used by SNICallback; undefined means "no certificate for this name". */
+  lookup(servername: string): SecureContext | undefined {
+    const entry = this.#certs.get(normalizeServerName(servername)) ?? this.#fallback
+    if (entry === undefined) {
+      this.stats.misses++
+      return undefined
+    }
+    this.stats.hits++
+    if (entry.context === undefined) {
+      entry.context = createSecureContext({ key: entry.pair.key, cert: entry.pair.cert })
+      this.stats.contextsBuilt++
+    }
+    return entry.context
+  }
+
+  /** SNICallback for the public TLS server. */
+  readonly sni: SniCallback = (servername, cb) => {
+    const ctx = this.lookup(servername)
+    if (ctx === undefined) {
+      cb(new Error(`no certificate for server name ${JSON.stringify(servername).slice(0, 300)}`))
+      return
+    }
+    cb(null, ctx)
+  }
+
+  // --- TLS-ALPN-01 challenge certificates -------------------------------------------------------------------
+
+  setChallenge(name: string, pair: KeyCertPair): void {
+    this.#challenges.set(normalizeServerName(name), createSecureContext({ key: pair.key, cert: pair.cert }))
+  }
+
+  deleteChallenge(name: string): void {
+    this.#challenges.delete(normalizeServerName(name))
+  }
+
+  hasChallenge(name: string): boolean {
+    return this.#challenges.has(normalizeServerName(name))
+  }
+
+  /** True while any TLS-ALPN-01 challenge is pending: only then do connections need the ClientHello peek. */
+  get challengesPending(): boolean {
+    return this.#challenges.size > 0
+  }
+
+  /** SNICallback for the challenge-only TLS server: challenge certificates and nothing else. */
+  readonly challengeSni: SniCallback = (servername, cb) => {
+    const ctx = this.#challenges.get(normalizeServerName(servername))
+    if (ctx === undefined) cb(new Error('no pending TLS-ALPN-01 challenge for this name'))
+    else cb(null, ctx)
+  }
+}

@@ -1,0 +1,95 @@
+// The supported wiring: acmeServerFactory() gives Fastify a TLS server (HTTPS or HTTP/2 with HTTP/1.1 fallback)
+// whose certificates come from a CertResolver and whose TLS port answers TLS-ALPN-01. The plugin finds the
+// resolver of the server it is registered on through a WeakMap, so a server made any other way is detected at boot.
+
+import { createSecureServer, type Http2SecureServer, type Http2Session } from 'node:http2'
+import { createServer as createHttpsServer } from 'node:https'
+import type { TlsOptions, Server as TlsServer } from 'node:tls'
+import type { FastifyServerFactory } from 'fastify'
+import { DEFAULT_PEEK_TIMEOUT_MS, installTlsAlpnResponder, type TlsAlpnResponder } from './challenge-tls-alpn.js'
+import { CertResolver, type KeyCertPair } from './resolver.js'
+
+export interface AcmeServerOptions {
+  /** A resolver to share (e.g. between the plugin and a manual-certificate loader); default: a new one. */
+  resolver?: CertResolver
+  /** Served to clients without SNI and for names we do not manage. Without it, such handshakes fail. */
+  defaultCertificate?: KeyCertPair
+  /** How long the ClientHello peek waits (only while a TLS-ALPN-01 challenge is pending). Default 10 s. */
+  peekTimeoutMs?: number
+  /** Extra TLS options (ciphers, minVersion, ...). `SNICallback`, `key` and `cert` are ours and are ignored. */
+  tls?: TlsOptions
+}
+
+export interface Wiring {
+  resolver: CertResolver
+  responder: TlsAlpnResponder
+  http2: boolean
+  /** Gracefully closes open HTTP/2 sessions (GOAWAY) so server.close() can complete. */
+  closeHttp2Sessions(): void
+}
+
+const wirings = new WeakMap<object, Wiring>()
+
+/** The wiring of a server made by acmeServerFactory(), or undefined. */
+export function wiringOf(server: unknown): Wiring | undefined {
+  return typeof server === 'object' && server !== null ? wirings.get(server) : undefined
+}
+
+/**
+ * A Fastify `serverFactory`: `Fastify({ serverFactory: acmeServerFactory() })` for HTTPS, or
+ * `Fastify({ http2: true, serverFactory: acmeServerFactory() })` for HTTP/2 with HTTP/1.1 fallback.
+ */
+export function acmeServerFactory(options: AcmeServerOptions = {}): FastifyServerFactory {
+  return (handler, fastifyOptions) => {
+    const resolver = options.resolver ?? new CertResolver()
+    if (options.defaultCertificate) resolver.setFallback(options.defaultCertificate)
+    const { SNICallback: _sni, key: _key, cert: _cert, pfx: _pfx, ...extraTls } = options.tls ?? {}
+    const tlsOptions: TlsOptions = {
+      minVersion: 'TLSv1.2',
+      ...extraTls,
+      SNICallback: resolver.sni,
+      ...(options.defaultCertificate
+        ? { key: options.defaultCertificate.key, cert: options.defaultCertificate.cert }
+        : {}),
+    }
+    const opts = fastifyOptions as {
+      http2?: boolean
+      http2SessionTimeout?: number
+      keepAliveTimeout?: number
+      requestTimeout?: number
+      connectionTimeout?: number
+      maxRequestsPerSocket?: number
+    }
+    let server: TlsServer
+    const sessions = new Set<Http2Session>()
+    if (opts.http2) {
+      const h2 = createSecureServer({ ...tlsOptions, allowHTTP1: true }, handler as never) as Http2SecureServer
+      const sessionTimeout = opts.http2SessionTimeout ?? 72_000
+      h2.on('session', (session: Http2Session) => {
+        sessions.add(session)
+        session.once('close', () => sessions.delete(session))
+        session.setTimeout(sessionTimeout, () => session.close())
+      })
+      h2.setTimeout(opts.connectionTimeout ?? 0)
+      server = h2 as unknown as TlsServer
+    } else {
+      const https = createHttpsServer(tlsOptions, handler as never)
+      https.keepAliveTimeout = opts.keepAliveTimeout ?? 72_000
+      https.requestTimeout = opts.requestTimeout ?? 0
+      https.setTimeout(opts.connectionTimeout ?? 0)
+      if (opts.maxRequestsPerSocket && opts.maxRequestsPerSocket > 0)
+        https.maxRequestsPerSocket = opts.maxRequestsPerSocket
+      server = https
+    }
+    const responder = installTlsAlpnResponder(server, resolver, options.peekTimeoutMs ?? DEFAULT_PEEK_TIMEOUT_MS)
+    wirings.set(server, {
+      resolver,
+      responder,
+      http2: opts.http2 === true,
+      closeHttp2Sessions: () => {
+        for (const session of sessions) session.close()
+      },
+    })
+    return server as never
+  }
+}

@@ -1,0 +1,163 @@
+// File-system Storage, the default. Writes are atomic and durable (temp file, fsync, rename, fsync of the folder);
+// files are 0600 and folders 0700 because they hold private keys. The lock is a lock file created with O_EXCL,
+// refreshed while held and taken over when stale, so it also works between processes on one machine.
+import { randomBytes } from 'node:crypto'
+import { constants, promises as fs } from 'node:fs'
+import { hostname } from 'node:os'
+import { dirname, join, relative, sep } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { ERR_LOCK_TIMEOUT, ERR_STORAGE } from '../errors.js'
+import { assertKey, type LockOptions, type Storage, type Unlock } from './index.js'
+
+const FILE_MODE = 0o600
+const DIR_MODE = 0o700
+/** A lock whose file has not been touched for this long is considered abandoned by a dead process. */
+export const LOCK_STALE_MS = 20_000
+const LOCK_REFRESH_MS = 5_000
+const LOCK_POLL_MS = 200
+
+export class FileStorage implements Storage {
+  readonly root: string
+
+  constructor(root: string) {
+    this.root = root
+  }
+
+  #path(key: string): string {
+    assertKey(key)
+    return join(this.root, ...key.split('/'))
+  }
+
+  async #ensureDir(dir: string): Promise<void> {
+    await fs.mkdir(dir, { recursive: true, mode: DIR_MODE })
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    const path = this.#path(key)
+    try {
+      return await fs.readFile(path)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw new ERR_STORAGE(`read of ${key}`, (err as Error).message, { cause: err })
+    }
+  }
+
+  async put(key: string, value: string | Uint8Array): Promise<void> {
+    const path = this.#path(key)
+    const dir = dirname(path)
+    const tmp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`
+    try {
+      await this.#ensureDir(dir)
+      const handle = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, FILE_MODE)
+      try {
+        await handle.writeFile(value)
+        await handle.sync()
+      } finally {
+        await handle.close()
+      }
+      await fs.rename(tmp, path)
+      await syncDir(dir)
+    } catch (err) {
+      await fs.rm(tmp, { force: true }).catch(() => {})
+      throw new ERR_STORAGE(`write of ${key}`, (err as Error).message, { cause: err })
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    const path = this.#path(key)
+    try {
+      await fs.rm(path, { force: true })
+      await syncDir(dirname(path))
+    } catch (err) {
+      throw new ERR_STORAGE(`delete of ${key}`, (err as Error).message, { cause: err })
+    }
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    const out: string[] = []
+    const walk = async (dir: string): Promise<void> => {
+      let entries: import('node:fs').Dirent[]
+      try {
+        entries = await fs.readdir(dir, { withFileTypes: true })
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+        throw new ERR_STORAGE(`list of ${prefix}`, (err as Error).message, { cause: err })
+      }
+      for (const entry of entries) {
+        const full = join(dir, entry.name)
+        if (entry.isDirectory()) await walk(full)
+        else if (entry.isFile() && !entry.name.includes('.tmp-') && !entry.name.endsWith('.lock')) {
+          const key = relative(this.root, full).split(sep).join('/')
+          if (key.startsWith(prefix)) out.push(key)
+        }
+      }
+    }
+    // Start from the deepest folder the prefix names, so listing one folder does not walk the whole store.
+    const folder = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : ''
+    await walk(folder === '' ? this.root : join(this.root, ...folder.split('/')))
+    return out.sort()
+  }
+
+  async lock(key: string, options: LockOptions = {}): Promise<Unlock> {
+    const path = `${this.#path(key)}.lock`
+    const timeoutMs = options.timeoutMs ?? 30_000
+    const deadline = Date.now() + timeoutMs
+    await this.#ensureDir(dirname(path)).catch((err) => {
+      throw new ERR_STORAGE(`lock of ${key}`, (err as Error).message, { cause: err })
+    })
+    const token = `${process.pid}@${hostname()}:${randomBytes(6).toString('hex')}`
+    for (;;) {
+      if (options.signal?.aborted) throw options.signal.reason
+      try {
+        await fs.writeFile(path, JSON.stringify({ token, created: new Date().toISOString() }), {
+          flag: 'wx',
+          mode: FILE_MODE,
+        })
+        break
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw new ERR_STORAGE(`lock of ${key}`, (err as Error).message, { cause: err })
+        }
+      }
+      const stat = await fs.stat(path).catch(() => undefined)
+      if (stat && Date.now() - stat.mtimeMs > LOCK_STALE_MS) {
+        // The holder died without unlocking. Removing by rename first means two waiters cannot both remove
+        // a fresh lock that a third process just created.
+        const grave = `${path}.stale-${randomBytes(4).toString('hex')}`
+        await fs
+          .rename(path, grave)
+          .then(() => fs.rm(grave, { force: true }))
+          .catch(() => {})
+        continue
+      }
+      if (Date.now() >= deadline) throw new ERR_LOCK_TIMEOUT(key)
+      await sleep(LOCK_POLL_MS, undefined, options.signal ? { signal: options.signal } : undefined)
+    }
+    const refresh = setInterval(() => {
+      const now = new Date()
+      fs.utimes(path, now, now).catch(() => {})
+    }, LOCK_REFRESH_MS)
+    refresh.unref()
+    let released = false
+    return async () => {
+      if (released) return
+      released = true
+      clearInterval(refresh)
+      // Only remove the file if it is still ours (a stale takeover may have replaced it).
+      const current = await fs.readFile(path, 'utf8').catch(() => '')
+      if (current.includes(token)) await fs.rm(path, { force: true }).catch(() => {})
+    }
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  let handle: fs.FileHandle | undefined
+  try {
+    handle = await fs.open(dir, constants.O_RDONLY)
+    await handle.sync()
+  } catch {
+    // Some file systems refuse fsync on a folder; the rename is still atomic there.
+  } finally {
+    await handle?.close()
+  }
+}

@@ -1,0 +1,53 @@
+// The storage contract: a tiny key/value interface plus a lock, so the plugin can keep its account, certificates
+// and retry state anywhere (files by default, memory in tests, a shared store later). Keys are '/'-separated paths
+// of safe segments; every put() must be atomic (a reader sees the old value or the new one, never a mix).
+import { createHash } from 'node:crypto'
+import { ERR_STORAGE_KEY } from '../errors.js'
+
+export type Unlock = () => Promise<void>
+
+export interface LockOptions {
+  /** Give up (FACME_LOCK_TIMEOUT) after this long; default 30 s. */
+  timeoutMs?: number
+  signal?: AbortSignal
+}
+
+export interface Storage {
+  /** The stored bytes, or undefined when the key does not exist. */
+  get(key: string): Promise<Buffer | undefined>
+  /** Stores atomically, replacing any previous value. */
+  put(key: string, value: string | Uint8Array): Promise<void>
+  /** Removes the key; removing a missing key is not an error. */
+  delete(key: string): Promise<void>
+  /** Every key that starts with `prefix` (a folder-like prefix ending in '/' or ''). */
+  list(prefix: string): Promise<string[]>
+  /** Exclusive lock on `key` across everyone sharing this storage; resolves with the function that releases it. */
+  lock(key: string, options?: LockOptions): Promise<Unlock>
+}
+
+const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/
+
+/** Throws FACME_STORAGE_KEY for keys that could escape the store (absolute, '..', odd bytes). */
+export function assertKey(key: string): void {
+  if (typeof key !== 'string' || key.length === 0 || key.length > 512) throw new ERR_STORAGE_KEY(JSON.stringify(key))
+  for (const segment of key.split('/')) {
+    if (!SEGMENT.test(segment) || segment === '..' || segment === '.') throw new ERR_STORAGE_KEY(JSON.stringify(key))
+  }
+}
+
+/** One folder per ACME directory, so staging and production (or two CAs) never mix. */
+export function directoryKey(directoryUrl: string): string {
+  const url = new URL(directoryUrl)
+  const readable = `${url.host}${url.pathname}`.replace(/[^A-Za-z0-9.-]+/g, '_').replace(/^[_.]+|[_.]+$/g, '')
+  const digest = createHash('sha256').update(directoryUrl).digest('hex').slice(0, 8)
+  return `${readable.slice(0, 80)}-${digest}`
+}
+
+export const keys = {
+  account: (dir: string) => `${dir}/account.json`,
+  certificate: (dir: string, name: string) => `${dir}/certificates/${name}.json`,
+  certificates: (dir: string) => `${dir}/certificates/`,
+  state: (dir: string, name: string) => `${dir}/state/${name}.json`,
+  orderLock: (dir: string, name: string) => `${dir}/locks/${name}`,
+  accountLock: (dir: string) => `${dir}/locks/account`,
+}

@@ -1,0 +1,50 @@
+// In-memory Storage for tests and for users who do not want anything on disk (certificates are lost on restart).
+import { ERR_LOCK_TIMEOUT } from '../errors.js'
+import { assertKey, type LockOptions, type Storage, type Unlock } from './index.js'
+
+export class MemoryStorage implements Storage {
+  readonly #data = new Map<string, Buffer>()
+  readonly #locks = new Map<string, Promise<void>>()
+
+  async get(key: string): Promise<Buffer | undefined> {
+    assertKey(key)
+    const value = this.#data.get(key)
+    return value === undefined ? undefined : Buffer.from(value)
+  }
+
+  async put(key: string, value: string | Uint8Array): Promise<void> {
+    assertKey(key)
+    this.#data.set(key, Buffer.from(value))
+  }
+
+  async delete(key: string): Promise<void> {
+    assertKey(key)
+    this.#data.delete(key)
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    return [...this.#data.keys()].filter((k) => k.startsWith(prefix)).sort()
+  }
+
+  async lock(key: string, options: LockOptions = {}): Promise<Unlock> {
+    assertKey(key)
+    const timeoutMs = options.timeoutMs ?? 30_000
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const held = this.#locks.get(key)
+      if (held === undefined) break
+      if (options.signal?.aborted) throw options.signal.reason
+      const remaining = deadline - Date.now()
+      if (remaining <= 0) throw new ERR_LOCK_TIMEOUT(key)
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([held, new Promise((resolve) => (timer = setTimeout(resolve, remaining)))])
+      clearTimeout(timer)
+    }
+    let release!: () => void
+    this.#locks.set(key, new Promise<void>((resolve) => (release = resolve)))
+    return async () => {
+      this.#locks.delete(key)
+      release()
+    }
+  }
+}

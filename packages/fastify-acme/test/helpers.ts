@@ -1,0 +1,147 @@
+// Shared bits of this package's integration tests: an app wired with the plugin, and real TLS clients.
+import { connect as h2connect } from 'node:http2'
+import { request } from 'node:https'
+import { type DetailedPeerCertificate, type PeerCertificate, connect as tlsConnect } from 'node:tls'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { acmeServerFactory, type FastifyAcmeOptions, fastifyAcme } from '../src/index.js'
+
+export interface AppOptions {
+  http2?: boolean
+  port: number
+  acme: FastifyAcmeOptions
+  defaultCertificate?: { key: string; cert: string }
+}
+
+export async function startApp(opts: AppOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    http2: opts.http2 ?? false,
+    serverFactory: acmeServerFactory(opts.defaultCertificate ? { defaultCertificate: opts.defaultCertificate } : {}),
+  } as never) as unknown as FastifyInstance
+  await app.register(fastifyAcme, opts.acme)
+  app.get('/', async (request) => ({ hello: 'world', host: request.hostname, http: request.raw.httpVersion }))
+  await app.listen({ port: opts.port, host: '127.0.0.1' })
+  return app
+}
+
+export interface HttpsResult {
+  status: number
+  body: string
+  cert: PeerCertificate
+  alpn: string | false
+}
+
+/** A real HTTPS/1.1 request to 127.0.0.1:port with SNI `name`, verifying the chain against `ca`. */
+export function httpsGet(port: number, name: string, ca: string | string[], path = '/'): Promise<HttpsResult> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        path,
+        servername: name,
+        headers: { host: name },
+        ca,
+        agent: false,
+        ALPNProtocols: ['http/1.1'],
+      },
+      (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => {
+          const socket = res.socket as import('node:tls').TLSSocket
+          resolve({
+            status: res.statusCode ?? 0,
+            body: Buffer.concat(chunks).toString('utf8'),
+            cert: socket.getPeerCertificate(),
+            alpn: socket.alpnProtocol,
+          })
+        })
+      },
+    )
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+/** A real HTTP/2 request. */
+export function h2Get(port: number, name: string, ca: string | string[], path = '/'): Promise<HttpsResult> {
+  return new Promise((resolve, reject) => {
+    const session = h2connect(`https://127.0.0.1:${port}`, { ca, servername: name })
+    session.on('error', reject)
+    const stream = session.request({ ':path': path, ':authority': name })
+    let status = 0
+    const chunks: Buffer[] = []
+    stream.on('response', (h) => {
+      status = Number(h[':status'])
+    })
+    stream.on('data', (c: Buffer) => chunks.push(c))
+    stream.on('end', () => {
+      const socket = session.socket as import('node:tls').TLSSocket
+      const result = {
+        status,
+        body: Buffer.concat(chunks).toString('utf8'),
+        cert: socket.getPeerCertificate(),
+        alpn: socket.alpnProtocol,
+      }
+      session.close()
+      resolve(result)
+    })
+    stream.on('error', reject)
+    stream.end()
+  })
+}
+
+/** A bare TLS handshake: which certificate and protocol the server picks for these SNI/ALPN/version choices. */
+export function handshake(opts: {
+  port: number
+  servername?: string
+  alpn?: string[]
+  version?: 'TLSv1.2' | 'TLSv1.3'
+}): Promise<
+  { ok: true; cert: DetailedPeerCertificate; alpn: string | false; gotData: boolean } | { ok: false; error: string }
+> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({
+      host: '127.0.0.1',
+      port: opts.port,
+      ...(opts.servername !== undefined ? { servername: opts.servername } : {}),
+      ...(opts.alpn ? { ALPNProtocols: opts.alpn } : {}),
+      ...(opts.version ? { minVersion: opts.version, maxVersion: opts.version } : {}),
+      rejectUnauthorized: false,
+    })
+    let gotData = false
+    let settled = false
+    const done = (v: Parameters<typeof resolve>[0]) => {
+      if (!settled) {
+        settled = true
+        resolve(v)
+      }
+    }
+    socket.on('data', () => {
+      gotData = true
+    })
+    socket.on('secureConnect', () => {
+      const cert = socket.getPeerCertificate(true)
+      const alpn = socket.alpnProtocol
+      // Give the server a moment to send anything it would send (it must not, for a challenge connection).
+      setTimeout(() => {
+        done({ ok: true, cert, alpn, gotData })
+        socket.destroy()
+      }, 50)
+    })
+    socket.on('error', (err) => done({ ok: false, error: err.message }))
+    socket.on('close', () => done({ ok: false, error: 'closed before handshake' }))
+    socket.setTimeout(5000, () => {
+      done({ ok: false, error: 'timeout' })
+      socket.destroy()
+    })
+  })
+}
+
+/** True when `cert` carries the critical acmeIdentifier extension (1.3.6.1.5.5.7.1.31) of a TLS-ALPN-01 cert. */
+export function isChallengeCertificate(cert: PeerCertificate): boolean {
+  const raw = (cert as DetailedPeerCertificate).raw
+  if (!raw) return false
+  // DER: OID 1.3.6.1.5.5.7.1.31 (06 08 2b 06 01 05 05 07 01 1f) followed by critical = TRUE (01 01 ff).
+  return raw.includes(Buffer.from('06082b06010505070' + '11f0101ff', 'hex'))
+}

@@ -1,0 +1,207 @@
+// Issuance against a real ACME server (Pebble) over TLS-ALPN-01 and HTTP-01, verified by real TLS clients.
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { countOrders, type Pebble, startPebble } from '@autotls/pebble-harness'
+import Fastify from 'fastify'
+import { acmeHttp01, FileStorage, MemoryStorage } from '../src/index.js'
+import { h2Get, httpsGet, startApp } from './helpers.js'
+
+describe('TLS-ALPN-01 issuance', () => {
+  let pebble: Pebble
+  let root: string
+  let cacheDir: string
+  before(async () => {
+    pebble = await startPebble()
+    root = await pebble.issuingRoot()
+    cacheDir = await mkdtemp(join(tmpdir(), 'facme-cache-'))
+  })
+  after(async () => {
+    await pebble?.stop()
+    await rm(cacheDir, { recursive: true, force: true })
+  })
+
+  const names = ['alpha.acme.test', 'beta.acme.test', 'gamma.acme.test']
+
+  test('three names on one listener: each chain verifies against the CA root and its SAN matches', async () => {
+    const app = await startApp({
+      port: pebble.tlsPort,
+      acme: {
+        names,
+        directory: pebble.directoryUrl,
+        termsOfServiceAgreed: true,
+        contact: ['mailto:ops@acme.test'],
+        caRoots: pebble.caBundle,
+        cacheDir,
+      },
+    })
+    try {
+      const started = Date.now()
+      await Promise.all(names.map((n) => app.acme.waitForCertificate(n)))
+      const elapsed = Date.now() - started
+      for (const name of names) {
+        const res = await httpsGet(pebble.tlsPort, name, root)
+        assert.equal(res.status, 200)
+        assert.equal(JSON.parse(res.body).host, name)
+        assert.match(res.cert.subjectaltname ?? '', new RegExp(`DNS:${name.replace(/\./g, '\\.')}`))
+        assert.equal(res.cert.subjectaltname, `DNS:${name}`)
+        const status = app.acme.status(name)
+        assert.equal(status?.state, 'valid')
+        assert.equal(status?.serial?.toUpperCase(), res.cert.serialNumber.toUpperCase())
+        assert.ok(status?.nextAction?.kind === 'renew')
+      }
+      assert.equal(app.acme.ordersSent, 3, 'one order per name')
+      assert.ok(app.acme.tlsAlpnStats.diverted >= 3, 'the validator connections were diverted to the challenge server')
+      test.diagnostic?.(`three names issued in ${elapsed} ms`)
+      console.log(`# three names issued over TLS-ALPN-01 in ${elapsed} ms`)
+    } finally {
+      await app.close()
+    }
+  })
+
+  test('restart with the cache: no new order, and serving works with the CA stopped', async () => {
+    const ordersBefore = countOrders(pebble)
+    await pebble.stop()
+    const app = await startApp({
+      port: pebble.tlsPort,
+      acme: { names, directory: pebble.directoryUrl, termsOfServiceAgreed: true, caRoots: pebble.caBundle, cacheDir },
+    })
+    try {
+      for (const name of names) {
+        const res = await httpsGet(pebble.tlsPort, name, root)
+        assert.equal(res.status, 200)
+        assert.equal(app.acme.status(name)?.state, 'valid')
+      }
+      assert.equal(app.acme.ordersSent, 0)
+      assert.equal(countOrders(pebble), ordersBefore)
+    } finally {
+      await app.close()
+    }
+  })
+})
+
+describe('HTTP/2 and HTTP-01', () => {
+  let pebble: Pebble
+  let root: string
+  before(async () => {
+    pebble = await startPebble()
+    root = await pebble.issuingRoot()
+  })
+  after(async () => {
+    await pebble?.stop()
+  })
+
+  test('HTTP/2 with HTTP/1.1 fallback on the same port', async () => {
+    const name = 'h2.acme.test'
+    const app = await startApp({
+      http2: true,
+      port: pebble.tlsPort,
+      acme: {
+        names: [name],
+        directory: pebble.directoryUrl,
+        termsOfServiceAgreed: true,
+        caRoots: pebble.caBundle,
+        storage: new MemoryStorage(),
+      },
+    })
+    try {
+      await app.acme.waitForCertificate(name)
+      const h2 = await h2Get(pebble.tlsPort, name, root)
+      assert.equal(h2.status, 200)
+      assert.equal(h2.alpn, 'h2')
+      assert.equal(JSON.parse(h2.body).http, '2.0')
+      const h1 = await httpsGet(pebble.tlsPort, name, root)
+      assert.equal(h1.status, 200)
+      assert.equal(h1.alpn, 'http/1.1')
+    } finally {
+      await app.close()
+    }
+  })
+
+  test('HTTP-01 through a plain-HTTP listener', async () => {
+    const name = 'http01.acme.test'
+    const app = await startApp({
+      port: pebble.tlsPort,
+      acme: {
+        names: [name],
+        directory: pebble.directoryUrl,
+        termsOfServiceAgreed: true,
+        caRoots: pebble.caBundle,
+        challenges: ['http-01'],
+        storage: new FileStorage(await mkdtemp(join(tmpdir(), 'facme-h01-'))),
+        issueOnStart: false,
+      },
+    })
+    const plain = Fastify()
+    await plain.register(acmeHttp01, { acme: app.acme })
+    await plain.listen({ port: pebble.httpPort, host: '127.0.0.1' })
+    try {
+      const status = await app.acme.issue(name)
+      assert.equal(status.state, 'valid')
+      const res = await httpsGet(pebble.tlsPort, name, root)
+      assert.equal(res.status, 200)
+      assert.equal(app.acme.tlsAlpnStats.diverted, 0, 'no TLS-ALPN-01 validation happened')
+      const miss = await plain.inject({ url: '/.well-known/acme-challenge/nope' })
+      assert.equal(miss.statusCode, 404)
+    } finally {
+      await app.close()
+      await plain.close()
+    }
+  })
+})
+
+describe('hostile CA conditions', () => {
+  test('50% of nonces rejected: issuance still succeeds', async () => {
+    const pebble = await startPebble({ nonceRejectPercent: 50 })
+    const names = ['nonce1.acme.test', 'nonce2.acme.test']
+    const app = await startApp({
+      port: pebble.tlsPort,
+      acme: {
+        names,
+        directory: pebble.directoryUrl,
+        termsOfServiceAgreed: true,
+        caRoots: pebble.caBundle,
+        storage: new MemoryStorage(),
+      },
+    })
+    try {
+      await Promise.all(names.map((n) => app.acme.waitForCertificate(n)))
+      const root = await pebble.issuingRoot()
+      for (const n of names) assert.equal((await httpsGet(pebble.tlsPort, n, root)).status, 200)
+    } finally {
+      await app.close()
+      await pebble.stop()
+    }
+  })
+
+  test('reused authorizations: a second order needs no challenge', async () => {
+    const pebble = await startPebble({ authzReusePercent: 100 })
+    const name = 'reuse.acme.test'
+    const app = await startApp({
+      port: pebble.tlsPort,
+      acme: {
+        names: [name],
+        directory: pebble.directoryUrl,
+        termsOfServiceAgreed: true,
+        caRoots: pebble.caBundle,
+        storage: new MemoryStorage(),
+      },
+    })
+    try {
+      const first = await app.acme.waitForCertificate(name)
+      const divertedAfterFirst = app.acme.tlsAlpnStats.diverted
+      const second = await app.acme.issue(name)
+      assert.notEqual(second.serial, first.serial)
+      assert.equal(
+        app.acme.tlsAlpnStats.diverted,
+        divertedAfterFirst,
+        'no validation connection for the reused authorization',
+      )
+    } finally {
+      await app.close()
+      await pebble.stop()
+    }
+  })
+})
