@@ -304,10 +304,7 @@ async function completeAuthorization(client: acme.Client, authz: acme.Authorizat
   }
   const keyAuthorization = await client.getChallengeKeyAuthorization(challenge)
   const presented: ChallengeToPresent = { name, type, token: challenge.token, keyAuthorization }
-  if (type === 'tls-alpn-01') {
-    const [, cert] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization, p.challengeKey)
-    presented.tlsAlpn = { key: p.challengeKey, cert: cert.toString() }
-  }
+  if (type === 'tls-alpn-01') presented.tlsAlpn = await tlsAlpnCertificate(name, keyAuthorization, p.challengeKey)
   p.present(presented)
   p.log('challenge presented', { name, type })
   try {
@@ -317,4 +314,15 @@ async function completeAuthorization(client: acme.Client, authz: acme.Authorizat
   } finally {
     p.remove(presented)
   }
+}
+
+/** A TLS-ALPN-01 challenge certificate for `name` (RFC 8737), as the responder serves it. */
+export async function tlsAlpnCertificate(
+  name: string,
+  keyAuthorization: string,
+  keyPem: string,
+): Promise<{ key: string; cert: string }> {
+  const authz = { identifier: { type: 'dns', value: name } } as unknown as acme.Authorization
+  const [, cert] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization, keyPem)
+  return { key: keyPem, cert: cert.toString() }
 }

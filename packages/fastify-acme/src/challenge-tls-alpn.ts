@@ -15,7 +15,7 @@ export const DEFAULT_PEEK_TIMEOUT_MS = 10_000
 type ConnectionListener = (this: TlsServer, socket: Socket) => void
 
 export interface TlsAlpnResponder {
-  readonly stats: { peeked: number; diverted: number; timeouts: number; closedEarly: number }
+  readonly stats: { peeked: number; diverted: number; timeouts: number; closedEarly: number; rejected: number }
   /** Handshakes completed by the challenge server (what a validator gets). */
   readonly challengeServer: TlsServer
 }
@@ -62,7 +62,7 @@ export function installTlsAlpnResponder(
   })
   challengeServer.on('tlsClientError', (_err, tlsSocket) => tlsSocket.destroy())
 
-  const stats = { peeked: 0, diverted: 0, timeouts: 0, closedEarly: 0 }
+  const stats = { peeked: 0, diverted: 0, timeouts: 0, closedEarly: 0, rejected: 0 }
   const pass = (socket: Socket): void => {
     for (const listener of original) listener.call(server, socket)
   }
@@ -83,6 +83,10 @@ export function installTlsAlpnResponder(
         socket.destroy()
       } else if (result.kind === 'closed') {
         stats.closedEarly++
+        socket.destroy()
+      } else if (result.kind === 'malformed' || result.kind === 'not-tls') {
+        // TLS would refuse these too, but only after waiting for bytes that may never come.
+        stats.rejected++
         socket.destroy()
       } else if (
         result.kind === 'hello' &&

@@ -6,6 +6,17 @@ import { ERR_INVALID_NAME } from './errors.js'
 
 const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
 
+/** True if `s` holds an ASCII character other than letters, digits, '.' and '-' (non-ASCII is left to IDNA). */
+function hasForbiddenAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i)
+    if (c >= 128) continue
+    const ok = (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 45 || c === 46
+    if (!ok) return true
+  }
+  return false
+}
+
 /** Lower-cases and drops one trailing dot; cheap enough for every handshake. */
 export function normalizeServerName(name: string): string {
   const lower = name.toLowerCase()
@@ -25,6 +36,11 @@ export function canonicalName(input: string): string {
   }
   if (trimmed.includes('*')) {
     throw new ERR_INVALID_NAME(input, 'wildcard names need the DNS-01 challenge, which this plugin does not offer')
+  }
+  // domainToASCII parses a URL host: it would silently drop '/path', ':port' or '%' escapes. Refuse any ASCII
+  // byte that cannot be in a DNS name before it gets the chance.
+  if (hasForbiddenAscii(trimmed)) {
+    throw new ERR_INVALID_NAME(input, 'only letters, digits, dots and hyphens may appear in a DNS name')
   }
   const withoutDot = trimmed.endsWith('.') ? trimmed.slice(0, -1) : trimmed
   const ascii = domainToASCII(withoutDot)

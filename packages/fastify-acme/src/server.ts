@@ -28,6 +28,8 @@ export interface Wiring {
   closeHttp2Sessions(): void
 }
 
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000
+
 const wirings = new WeakMap<object, Wiring>()
 
 /** The wiring of a server made by acmeServerFactory(), or undefined. */
@@ -46,6 +48,8 @@ export function acmeServerFactory(options: AcmeServerOptions = {}): FastifyServe
     const { SNICallback: _sni, key: _key, cert: _cert, pfx: _pfx, ...extraTls } = options.tls ?? {}
     const tlsOptions: TlsOptions = {
       minVersion: 'TLSv1.2',
+      // Node's default is 120 s; a handshake that has not finished in 30 s is a stalled or hostile client.
+      handshakeTimeout: DEFAULT_HANDSHAKE_TIMEOUT_MS,
       ...extraTls,
       SNICallback: resolver.sni,
       ...(options.defaultCertificate

@@ -1,6 +1,6 @@
 // Shared bits of this package's integration tests: an app wired with the plugin, and real TLS clients.
 import { connect as h2connect } from 'node:http2'
-import { request } from 'node:https'
+import { type RequestOptions, request } from 'node:https'
 import { type DetailedPeerCertificate, type PeerCertificate, connect as tlsConnect } from 'node:tls'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { acmeServerFactory, type FastifyAcmeOptions, fastifyAcme } from '../src/index.js'
@@ -27,7 +27,7 @@ export interface HttpsResult {
   status: number
   body: string
   cert: PeerCertificate
-  alpn: string | false
+  alpn: string | false | null
 }
 
 /** A real HTTPS/1.1 request to 127.0.0.1:port with SNI `name`, verifying the chain against `ca`. */
@@ -43,7 +43,7 @@ export function httpsGet(port: number, name: string, ca: string | string[], path
         ca,
         agent: false,
         ALPNProtocols: ['http/1.1'],
-      },
+      } as RequestOptions,
       (res) => {
         const chunks: Buffer[] = []
         res.on('data', (c: Buffer) => chunks.push(c))
@@ -98,7 +98,8 @@ export function handshake(opts: {
   alpn?: string[]
   version?: 'TLSv1.2' | 'TLSv1.3'
 }): Promise<
-  { ok: true; cert: DetailedPeerCertificate; alpn: string | false; gotData: boolean } | { ok: false; error: string }
+  | { ok: true; cert: DetailedPeerCertificate; alpn: string | false | null; gotData: boolean }
+  | { ok: false; error: string }
 > {
   return new Promise((resolve) => {
     const socket = tlsConnect({
@@ -111,6 +112,7 @@ export function handshake(opts: {
     })
     let gotData = false
     let settled = false
+    let secured: { cert: DetailedPeerCertificate; alpn: string | false | null } | undefined
     const done = (v: Parameters<typeof resolve>[0]) => {
       if (!settled) {
         settled = true
@@ -121,16 +123,17 @@ export function handshake(opts: {
       gotData = true
     })
     socket.on('secureConnect', () => {
-      const cert = socket.getPeerCertificate(true)
-      const alpn = socket.alpnProtocol
+      secured = { cert: socket.getPeerCertificate(true), alpn: socket.alpnProtocol }
       // Give the server a moment to send anything it would send (it must not, for a challenge connection).
       setTimeout(() => {
-        done({ ok: true, cert, alpn, gotData })
+        done({ ok: true, ...secured!, gotData })
         socket.destroy()
       }, 50)
     })
-    socket.on('error', (err) => done({ ok: false, error: err.message }))
-    socket.on('close', () => done({ ok: false, error: 'closed before handshake' }))
+    socket.on('error', (err) => done(secured ? { ok: true, ...secured, gotData } : { ok: false, error: err.message }))
+    socket.on('close', () =>
+      done(secured ? { ok: true, ...secured, gotData } : { ok: false, error: 'closed before handshake' }),
+    )
     socket.setTimeout(5000, () => {
       done({ ok: false, error: 'timeout' })
       socket.destroy()

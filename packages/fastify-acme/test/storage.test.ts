@@ -1,0 +1,173 @@
+// FileStorage and MemoryStorage against the Storage contract, file modes, atomicity, locks, and what the plugin
+// does with a corrupt cache.
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { FileStorage, MemoryStorage, type Storage } from '../src/index.js'
+import { directoryKey, keys } from '../src/storage/index.js'
+
+async function tempDir(): Promise<string> {
+  return mkdtemp(join(tmpdir(), 'facme-storage-'))
+}
+
+for (const [label, make] of [
+  ['FileStorage', async () => new FileStorage(join(await tempDir(), 'cache'))],
+  ['MemoryStorage', async () => new MemoryStorage()],
+] as Array<[string, () => Promise<Storage>]>) {
+  describe(`${label} contract`, () => {
+    let s: Storage
+    before(async () => {
+      s = await make()
+    })
+    test('get of a missing key is undefined; put/get round-trips; delete is idempotent', async () => {
+      assert.equal(await s.get('a/b.json'), undefined)
+      await s.put('a/b.json', 'one')
+      assert.equal((await s.get('a/b.json'))?.toString(), 'one')
+      await s.put('a/b.json', Buffer.from('two'))
+      assert.equal((await s.get('a/b.json'))?.toString(), 'two')
+      await s.delete('a/b.json')
+      await s.delete('a/b.json')
+      assert.equal(await s.get('a/b.json'), undefined)
+    })
+    test('list returns keys under a prefix', async () => {
+      await s.put('d/certificates/x.example.json', '1')
+      await s.put('d/certificates/y.example.json', '2')
+      await s.put('d/account.json', '3')
+      assert.deepEqual(await s.list('d/certificates/'), [
+        'd/certificates/x.example.json',
+        'd/certificates/y.example.json',
+      ])
+    })
+    test('keys that could escape the store are refused', async () => {
+      for (const bad of ['../x', '/abs', 'a/../b', 'a//b', '', 'a/./b', 'a\\b', 'a/b\0']) {
+        await assert.rejects(s.put(bad, 'x'), { code: 'FACME_STORAGE_KEY' }, bad)
+      }
+    })
+    test('lock is exclusive and released', async () => {
+      const unlock = await s.lock('locks/n')
+      await assert.rejects(s.lock('locks/n', { timeoutMs: 300 }), { code: 'FACME_LOCK_TIMEOUT' })
+      await unlock()
+      const again = await s.lock('locks/n', { timeoutMs: 300 })
+      await again()
+    })
+  })
+}
+
+describe('FileStorage on disk', () => {
+  let root: string
+  before(async () => {
+    root = join(await tempDir(), 'cache')
+  })
+  after(async () => {
+    await rm(root, { recursive: true, force: true })
+  })
+
+  test('files are 0600 and folders 0700, and no temp file is left behind', async () => {
+    const s = new FileStorage(root)
+    await s.put('dir/certificates/a.example.json', 'secret')
+    assert.equal((await stat(join(root, 'dir/certificates/a.example.json'))).mode & 0o777, 0o600)
+    assert.equal((await stat(join(root, 'dir/certificates'))).mode & 0o777, 0o700)
+    assert.equal((await stat(join(root, 'dir'))).mode & 0o777, 0o700)
+    assert.equal((await stat(root)).mode & 0o777, 0o700)
+    assert.deepEqual(await readdir(join(root, 'dir/certificates')), ['a.example.json'])
+  })
+
+  test('concurrent writers of one key: the result is one complete value, never a mix', async () => {
+    const s = new FileStorage(root)
+    const values = Array.from({ length: 20 }, (_, i) => String(i).repeat(100_000))
+    await Promise.all(values.map((v) => s.put('dir/race.json', v)))
+    const final = (await s.get('dir/race.json'))!.toString()
+    assert.ok(values.includes(final))
+    assert.deepEqual(
+      (await readdir(join(root, 'dir'))).filter((f) => f.includes('.tmp-')),
+      [],
+    )
+  })
+
+  test('the lock excludes another process, and a stale lock of a dead process is taken over', async () => {
+    const s = new FileStorage(root)
+    // Another process takes the lock and is killed while holding it.
+    const script = `
+      import { FileStorage } from ${JSON.stringify(new URL('../src/storage/file.ts', import.meta.url).href)}
+      const s = new FileStorage(${JSON.stringify(root)})
+      await s.lock('locks/shared')
+      process.stdout.write('locked\\n')
+      setInterval(() => {}, 1000)
+    `
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => d.toString().includes('locked') && resolve())
+      child.on('exit', () => reject(new Error('child exited early')))
+    })
+    await assert.rejects(s.lock('locks/shared', { timeoutMs: 500 }), { code: 'FACME_LOCK_TIMEOUT' })
+    child.kill('SIGKILL')
+    await new Promise((resolve) => child.on('exit', resolve))
+    // Age the lock file as if 30 s had passed since its last refresh.
+    const lockFile = join(root, 'locks/shared.lock')
+    const old = new Date(Date.now() - 30_000)
+    await import('node:fs/promises').then((fs) => fs.utimes(lockFile, old, old))
+    const unlock = await s.lock('locks/shared', { timeoutMs: 2_000 })
+    await unlock()
+  })
+
+  test('a read-only cache folder gives a clear FACME_STORAGE error', {
+    skip: process.getuid?.() === 0 ? 'root ignores file modes' : false,
+  }, async () => {
+    const ro = join(await tempDir(), 'ro')
+    const s = new FileStorage(ro)
+    await s.put('x.json', '1')
+    await import('node:fs/promises').then((fs) => fs.chmod(ro, 0o500))
+    await assert.rejects(s.put('y.json', '2'), { code: 'FACME_STORAGE' })
+  })
+})
+
+describe('directory keys', () => {
+  test('staging and production never share a folder', () => {
+    const a = directoryKey('https://acme-v02.api.letsencrypt.org/directory')
+    const b = directoryKey('https://acme-staging-v02.api.letsencrypt.org/directory')
+    assert.notEqual(a, b)
+    assert.match(a, /^[A-Za-z0-9._-]+$/)
+    assert.equal(keys.certificate(a, 'x.example'), `${a}/certificates/x.example.json`)
+  })
+})
+
+describe('the plugin and a damaged cache', () => {
+  test('a truncated certificate and a corrupt account are logged and treated as missing; the app boots', async () => {
+    const { default: Fastify } = await import('fastify')
+    const { acmeServerFactory, fastifyAcme } = await import('../src/index.js')
+    const root = join(await tempDir(), 'cache')
+    const directory = 'https://ca.invalid/dir'
+    const dir = directoryKey(directory)
+    const storage = new FileStorage(root)
+    await storage.put(keys.certificate(dir, 'broken.example.com'), '{"name":"broken.example.com","keyPem":"-----BEGIN')
+    await storage.put(keys.certificate(dir, 'garbage.example.com'), Buffer.from([0xff, 0xfe, 0x00, 0x01]))
+    await storage.put(keys.account(dir), 'not json')
+    await writeFile(join(root, dir, 'certificates', 'stray.tmp-123-abc'), 'partial')
+    const lines: string[] = []
+    const app = Fastify({
+      serverFactory: acmeServerFactory(),
+      logger: { level: 'warn', stream: { write: (l: string) => lines.push(l) } },
+    } as never) as unknown as import('fastify').FastifyInstance
+    await app.register(fastifyAcme, {
+      names: ['broken.example.com', 'garbage.example.com'],
+      directory,
+      termsOfServiceAgreed: true,
+      storage,
+      issueOnStart: false,
+    })
+    await app.ready()
+    assert.equal(app.acme.status('broken.example.com')?.state, 'pending')
+    assert.equal(app.acme.status('garbage.example.com')?.state, 'pending')
+    assert.ok(
+      lines.some((l) => l.includes('corrupt')),
+      'the corruption is logged',
+    )
+    assert.equal((await readFile(join(root, dir, 'certificates', 'stray.tmp-123-abc'))).toString(), 'partial')
+    await app.close()
+  })
+})

@@ -1,0 +1,5 @@
+// Public entry of @autotls/pebble-harness: real-ACME test infrastructure around Debian's Pebble.
+export { makeTestCertificates, type TestCertificateOptions, type TestCertificates } from './certs.js'
+export { type DnsStub, startDnsStub } from './dns-stub.js'
+export { countOrders, type Pebble, type PebbleOptions, startPebble } from './pebble.js'
+export { freePort } from './ports.js'
