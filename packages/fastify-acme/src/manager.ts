@@ -180,6 +180,8 @@ export class CertificateManager {
   async start(): Promise<void> {
     if (this.#started) return
     this.#started = true
+    // RSA key generation takes a few hundred ms: start it now, before the first order needs it.
+    if (this.#o.challenges.includes('tls-alpn-01')) void this.#ensureChallengeKey().catch(() => {})
     for (const entry of this.#entries.values()) await this.#plan(entry)
   }
 
@@ -329,8 +331,7 @@ export class CertificateManager {
       entry.status.state = 'ordering'
       this.#events.emit('order-started', { name, reason, attempt })
       this.#log.info({ name, reason, attempt }, 'fastify-acme: ordering certificate')
-      const account = await this.#ensureAccount(signal)
-      const challengeKey = await this.#ensureChallengeKey()
+      const [account, challengeKey] = await Promise.all([this.#ensureAccount(signal), this.#ensureChallengeKey()])
       const answerable = this.#answerable()
       const challenges = this.#o.challenges.filter((c) => answerable.includes(c))
       if (challenges.length === 0) {

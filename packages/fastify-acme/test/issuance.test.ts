@@ -204,3 +204,72 @@ describe('hostile CA conditions', () => {
     }
   })
 })
+
+describe('external account binding and log hygiene', () => {
+  test('EAB account, issuance, and trace-level logs without keys or the HMAC secret', async () => {
+    const { randomBytes } = await import('node:crypto')
+    const eab = { kid: 'kid-autotls', hmacKey: randomBytes(32).toString('base64url') }
+    const pebble = await startPebble({ eab: [eab] })
+    const lines: string[] = []
+    const name = 'eab.acme.test'
+    const app = Fastify({
+      serverFactory: (await import('../src/index.js')).acmeServerFactory(),
+      logger: { level: 'trace', stream: { write: (l: string) => lines.push(l) } },
+    } as never) as unknown as import('fastify').FastifyInstance
+    const { fastifyAcme } = await import('../src/index.js')
+    const storage = new MemoryStorage()
+    await app.register(fastifyAcme, {
+      names: [name],
+      directory: pebble.directoryUrl,
+      termsOfServiceAgreed: true,
+      caRoots: pebble.caBundle,
+      eab,
+      storage,
+    })
+    app.get('/', async () => 'ok')
+    await app.listen({ port: pebble.tlsPort, host: '127.0.0.1' })
+    try {
+      await app.acme.waitForCertificate(name)
+      const res = await httpsGet(pebble.tlsPort, name, await pebble.issuingRoot())
+      assert.equal(res.status, 200)
+      const all = lines.join('\n')
+      assert.ok(lines.length > 5, 'the issuance was logged')
+      assert.ok(!all.includes('PRIVATE KEY'), 'no PEM private key in logs')
+      assert.ok(!all.includes(eab.hmacKey), 'no EAB HMAC key in logs')
+      assert.ok(!/"d"\s*:\s*"/.test(all), 'no JWK private part in logs')
+      const stored = JSON.parse((await storage.get((await storage.list(''))[0]!))!.toString())
+      assert.ok(stored, 'something was stored')
+    } finally {
+      await app.close()
+      await pebble.stop()
+    }
+  })
+
+  test('without EAB, a CA that requires it refuses the account and the error is reported per name', async () => {
+    const { randomBytes } = await import('node:crypto')
+    const pebble = await startPebble({ eab: [{ kid: 'k', hmacKey: randomBytes(32).toString('base64url') }] })
+    const name = 'noeab.acme.test'
+    const app = await startApp({
+      port: pebble.tlsPort,
+      acme: {
+        names: [name],
+        directory: pebble.directoryUrl,
+        termsOfServiceAgreed: true,
+        caRoots: pebble.caBundle,
+        storage: new MemoryStorage(),
+        issueOnStart: false,
+      },
+    })
+    try {
+      await assert.rejects(app.acme.issue(name))
+      const status = app.acme.status(name)
+      assert.equal(status?.state, 'error')
+      assert.equal(status?.failures, 1)
+      assert.match(status?.lastError?.message ?? '', /account|external/i)
+      assert.equal(status?.nextAction?.kind, 'retry')
+    } finally {
+      await app.close()
+      await pebble.stop()
+    }
+  })
+})
