@@ -1,0 +1,76 @@
+// Which certificate serves each host: ACME (fastify-acme), a manual pair, or the default. planCertificates() decides
+// it once at start and refuses configurations that would leave a routed host without a certificate; the resolver
+// subclass adds wildcard lookups (`*.example.com` pairs from manual files) to fastify-acme's exact-name resolver.
+import { isIP } from 'node:net'
+import type { SecureContext } from 'node:tls'
+import { CertResolver, canonicalName, normalizeServerName } from '@autotls/fastify-acme'
+import { ERR_CERTIFICATE_CONFLICT, ERR_NO_CERTIFICATE, ERR_WILDCARD_NEEDS_CERTIFICATE } from './errors.js'
+import { wildcardOf } from './hosts.js'
+import type { ResolvedProxyOptions } from './options.js'
+
+/**
+ * fastify-acme's resolver with one addition: a name without its own entry is served the `*.parent` entry when there
+ * is one (one label, like certificate wildcards), before the fallback. Still one or two Map lookups per handshake.
+ */
+export class ProxyCertResolver extends CertResolver {
+  override lookup(servername: string): SecureContext | undefined {
+    const name = normalizeServerName(servername)
+    if (!this.has(name)) {
+      const wildcard = wildcardOf(name)
+      if (wildcard !== undefined && this.has(wildcard)) return super.lookup(wildcard)
+    }
+    return super.lookup(name)
+  }
+}
+
+/** What the manual certificates cover, as planCertificates() needs it. */
+export interface ManualCoverage {
+  /** Hosts with their own manual pair (exact names and `*.example.com` entries). */
+  hosts(): string[]
+}
+
+export interface CertificatePlan {
+  /** Names fastify-acme manages (empty: the plugin is not registered). */
+  acmeNames: string[]
+  /** Hosts served from manual files. */
+  manualHosts: string[]
+}
+
+/** A name a CA can validate over TLS-ALPN-01 / HTTP-01: a DNS name with at least two labels. */
+function acmeEligible(host: string): boolean {
+  return isIP(host) === 0 && host.includes('.') && !host.startsWith('*.')
+}
+
+export function planCertificates(
+  opts: Pick<ResolvedProxyOptions, 'routes' | 'acme' | 'defaultCertificate'>,
+  manual: ManualCoverage,
+): CertificatePlan {
+  const manualHosts = manual.hosts()
+  const manualSet = new Set(manualHosts)
+  const manualCovers = (host: string): boolean => {
+    if (manualSet.has(host)) return true
+    const wildcard = wildcardOf(host)
+    return wildcard !== undefined && manualSet.has(wildcard)
+  }
+  const hasDefault = opts.defaultCertificate !== undefined
+
+  let acmeNames: string[] = []
+  if (opts.acme) {
+    if (opts.acme.names !== undefined) {
+      acmeNames = [...new Set(opts.acme.names.map((n) => canonicalName(n)))]
+      for (const name of acmeNames) if (manualCovers(name)) throw new ERR_CERTIFICATE_CONFLICT(name)
+    } else {
+      const hosts = opts.routes.filter((r) => !r.wildcard && acmeEligible(r.host) && !manualCovers(r.host))
+      acmeNames = [...new Set(hosts.map((r) => r.host))]
+    }
+  }
+  const acmeSet = new Set(acmeNames)
+  for (const route of opts.routes) {
+    if (route.wildcard) {
+      if (!manualSet.has(route.host) && !hasDefault) throw new ERR_WILDCARD_NEEDS_CERTIFICATE(route.host)
+    } else if (!acmeSet.has(route.host) && !manualCovers(route.host) && !hasDefault) {
+      throw new ERR_NO_CERTIFICATE(route.host)
+    }
+  }
+  return { acmeNames, manualHosts }
+}

@@ -1,0 +1,121 @@
+// X-Forwarded-* and the trusted-proxies decision. The proxy sets X-Forwarded-For / -Proto / -Host and X-Real-IP
+// from the connection it actually accepted; what a client sent in those headers (and in `Forwarded`) is dropped,
+// unless the connection comes from an address listed in `trustedProxies`, in which case the client's
+// X-Forwarded-For chain is kept and the peer address appended (and its -Proto / -Host kept when present).
+import { BlockList, isIP } from 'node:net'
+import { ERR_INVALID_OPTIONS } from './errors.js'
+
+/** Request headers a client could use to lie about where it is; rewritten on every proxied request. */
+export const FORWARDING_HEADERS = [
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-forwarded-port',
+  'x-real-ip',
+] as const
+
+const NAMED_RANGES: Record<string, Array<[string, number, 'ipv4' | 'ipv6']>> = {
+  loopback: [
+    ['127.0.0.0', 8, 'ipv4'],
+    ['::1', 128, 'ipv6'],
+  ],
+  private: [
+    ['10.0.0.0', 8, 'ipv4'],
+    ['172.16.0.0', 12, 'ipv4'],
+    ['192.168.0.0', 16, 'ipv4'],
+    ['fc00::', 7, 'ipv6'],
+  ],
+  linklocal: [
+    ['169.254.0.0', 16, 'ipv4'],
+    ['fe80::', 10, 'ipv6'],
+  ],
+}
+
+export type TrustFunction = (address: string | undefined) => boolean
+
+/** Strips the IPv4-mapped prefix so `::ffff:10.0.0.1` is checked as the IPv4 address it is. */
+export function plainAddress(address: string | undefined): string | undefined {
+  if (address === undefined) return undefined
+  return address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address
+}
+
+/**
+ * Compiles `trustedProxies` (IP addresses, CIDR ranges, or the names `loopback`, `private`, `linklocal`) into a
+ * predicate over a peer address. An empty list trusts nobody. Throws FPROXY_INVALID_OPTIONS for a bad entry.
+ */
+export function compileTrust(entries: readonly string[]): TrustFunction {
+  if (entries.length === 0) return () => false
+  const list = new BlockList()
+  for (const entry of entries) {
+    const named = NAMED_RANGES[entry]
+    if (named) {
+      for (const [net, prefix, type] of named) list.addSubnet(net, prefix, type)
+      continue
+    }
+    const [address = '', prefixText] = entry.split('/')
+    const family = isIP(address)
+    if (family === 0) {
+      throw new ERR_INVALID_OPTIONS(
+        `trustedProxies: ${JSON.stringify(entry)} is not an IP address, a CIDR range, nor one of loopback, private, linklocal`,
+      )
+    }
+    const type = family === 4 ? 'ipv4' : 'ipv6'
+    if (prefixText === undefined) {
+      list.addAddress(address, type)
+      continue
+    }
+    const prefix = Number(prefixText)
+    if (!/^\d{1,3}$/.test(prefixText) || prefix > (family === 4 ? 32 : 128)) {
+      throw new ERR_INVALID_OPTIONS(`trustedProxies: ${JSON.stringify(entry)} has an invalid prefix length`)
+    }
+    list.addSubnet(address, prefix, type)
+  }
+  return (address) => {
+    const plain = plainAddress(address)
+    if (plain === undefined) return false
+    const family = isIP(plain)
+    if (family === 0) return false
+    return list.check(plain, family === 4 ? 'ipv4' : 'ipv6')
+  }
+}
+
+export interface ForwardingContext {
+  /** Address of the TCP peer that sent this request. */
+  peer: string | undefined
+  /** Whether the request arrived over TLS. */
+  secure: boolean
+  /** Host the client asked for (Host or :authority, as sent, port included). */
+  host: string | undefined
+  trusted: TrustFunction
+}
+
+function headerValue(value: unknown): string | undefined {
+  if (typeof value === 'string') return value
+  if (Array.isArray(value)) return value.join(', ')
+  return undefined
+}
+
+/**
+ * Rewrites `headers` (the copy going upstream) in place: removes every forwarding header the client sent, then sets
+ * them from the connection. From a trusted peer, the existing chain is kept and extended.
+ */
+export function applyForwardingHeaders(headers: Record<string, unknown>, ctx: ForwardingContext): void {
+  const peer = plainAddress(ctx.peer)
+  const trusted = ctx.trusted(peer)
+  const previousFor = trusted ? headerValue(headers['x-forwarded-for']) : undefined
+  const previousProto = trusted ? headerValue(headers['x-forwarded-proto']) : undefined
+  const previousHost = trusted ? headerValue(headers['x-forwarded-host']) : undefined
+  const previousRealIp = trusted ? headerValue(headers['x-real-ip']) : undefined
+  const previousForwarded = trusted ? headerValue(headers['forwarded']) : undefined
+  for (const name of FORWARDING_HEADERS) delete headers[name]
+  if (peer !== undefined) {
+    headers['x-forwarded-for'] = previousFor ? `${previousFor}, ${peer}` : peer
+    const firstHop = previousFor?.split(',')[0]?.trim()
+    headers['x-real-ip'] = previousRealIp ?? (firstHop || peer)
+  }
+  headers['x-forwarded-proto'] = previousProto ?? (ctx.secure ? 'https' : 'http')
+  const host = previousHost ?? ctx.host
+  if (host !== undefined) headers['x-forwarded-host'] = host
+  if (previousForwarded !== undefined) headers['forwarded'] = previousForwarded
+}

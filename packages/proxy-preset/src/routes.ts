@@ -1,0 +1,379 @@
+// Routing: which upstream a request goes to, and everything checked on the way (path escapes, body size,
+// websocket upgrades, hop-by-hop and forwarding headers, upstream failures).
+//
+// Host dispatch. Fastify's host constraint keeps, per route path, a bitmask of handlers (find-my-way allows at most
+// 31 constrained handlers per path), and every host of a proxy shares the paths `/` and `/*`: it stops at 31
+// hosts. So hosts are dispatched before the router instead: Fastify's `rewriteUrl` looks the Host up in a Map
+// (exact name, then `*.parent`: at most two lookups, whatever the number of hosts) and prefixes the URL with that
+// site's internal prefix (`/_vhost/<id>`); each route is an @fastify/http-proxy registration under
+// `/_vhost/<id><path>`, so the radix tree does the path matching, longest prefix first. The prefix is stripped again
+// before proxying (it is http-proxy's own prefix), and a custom `vhost` route constraint, derived from the
+// rewrite, makes a client-forged `/_vhost/<id>/...` path useless: it only matches when the Host chose that site.
+// Requests for hosts without routes are not rewritten: they reach the health route, routes the user added to the
+// returned instance, or the not-found handler (421, or 404 for a known host without a matching path prefix).
+import type { IncomingMessage } from 'node:http'
+import { Transform, type TransformCallback } from 'node:stream'
+import httpProxy from '@fastify/http-proxy'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { Agent, BalancedPool, type Dispatcher } from 'undici'
+import {
+  ERR_BAD_PATH,
+  ERR_BODY_TOO_LARGE,
+  ERR_NO_ROUTE,
+  ERR_UNKNOWN_HOST,
+  ERR_UPSTREAM_TIMEOUT,
+  ERR_UPSTREAM_UNAVAILABLE,
+  ERR_WEBSOCKET_DISABLED,
+} from './errors.js'
+import { applyForwardingHeaders, type TrustFunction } from './forwarded.js'
+import { HostTable, requestHost } from './hosts.js'
+import type { ResolvedProxyOptions, ResolvedRoute } from './options.js'
+
+export const VHOST_PREFIX = '/_vhost'
+const kSite = Symbol('proxy-preset.site')
+const kTooLarge = Symbol('proxy-preset.body-too-large')
+
+export interface Site {
+  id: string
+  host: string
+  prefix: string
+  routes: ResolvedRoute[]
+}
+
+type RawRequest = IncomingMessage & { [kSite]?: Site; [kTooLarge]?: boolean; originalUrl?: string }
+
+/** The site a request was dispatched to (undefined for hosts without routes). */
+export function siteOf(request: FastifyRequest): Site | undefined {
+  return (request.raw as RawRequest)[kSite]
+}
+
+export function buildSiteTable(routes: readonly ResolvedRoute[]): HostTable<Site> {
+  const table = new HostTable<Site>()
+  for (const route of routes) {
+    let site = table.has(route.host) ? table.get(route.host) : undefined
+    if (site === undefined) {
+      const id = String(table.size)
+      site = { id, host: route.host, prefix: `${VHOST_PREFIX}/${id}`, routes: [] }
+      table.set(route.host, site)
+    }
+    site.routes.push(route)
+  }
+  return table
+}
+
+/** find-my-way constraint strategy: a route constrained to `vhost: id` matches only requests dispatched to that site. */
+export const vhostConstraint = {
+  name: 'vhost',
+  mustMatchWhenDerived: false,
+  storage() {
+    const map = new Map<string, unknown>()
+    return {
+      get: (id: string) => map.get(id) ?? null,
+      set: (id: string, store: unknown) => {
+        map.set(id, store)
+      },
+    }
+  },
+  deriveConstraint: (req: IncomingMessage) => (req as RawRequest)[kSite]?.id,
+  validate(value: unknown) {
+    if (typeof value !== 'string') throw new TypeError('vhost constraint must be a site id')
+  },
+}
+
+/** Fastify `rewriteUrl`: the host dispatch described at the top of this file. */
+export function createRewriteUrl(
+  sites: HostTable<Site>,
+  health: ResolvedProxyOptions['health'],
+): (req: IncomingMessage) => string {
+  return (req) => {
+    const url = req.url ?? '/'
+    const host = requestHost(req.headers)
+    if (host === undefined || url.charCodeAt(0) !== 47 /* '/' */) return url
+    if (health && (health.host === undefined || health.host === host)) {
+      const q = url.indexOf('?')
+      if ((q < 0 ? url : url.slice(0, q)) === health.path) return url
+    }
+    const site = sites.get(host)
+    if (site === undefined) return url
+    ;(req as RawRequest)[kSite] = site
+    return site.prefix + url
+  }
+}
+
+/**
+ * Why a path must not be proxied, or undefined. Refuses what could make an upstream (or a rewrite) resolve outside
+ * the route's prefix: dot-segments (also percent-encoded or double-encoded), backslashes, NUL, and, unless allowed,
+ * `;` path parameters (`/..;/` is a dot-segment to some servers).
+ */
+export function pathProblem(rawPath: string, allowSemicolon: boolean): string | undefined {
+  if (rawPath.includes('\\')) return 'backslash in path'
+  let decoded: string
+  try {
+    decoded = decodeURIComponent(rawPath)
+  } catch {
+    return 'malformed percent-encoding'
+  }
+  if (decoded.includes('\\')) return 'encoded backslash in path'
+  if (decoded.includes('\0')) return 'NUL in path'
+  if (!allowSemicolon && decoded.includes(';')) return "';' path parameters are not accepted"
+  for (const segment of decoded.split('/')) {
+    const bare = allowSemicolon ? (segment.split(';')[0] ?? '') : segment
+    if (bare === '.' || bare === '..') return 'dot-segment in path'
+  }
+  if (/%(?:2e|2f|5c|00)/i.test(decoded)) return 'double-encoded dot, slash or backslash in path'
+  return undefined
+}
+
+// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the legacy ones proxies are expected to drop.
+const HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]
+
+function connectionTokens(value: unknown): string[] {
+  const text = Array.isArray(value) ? value.join(',') : typeof value === 'string' ? value : ''
+  return text
+    .toLowerCase()
+    .split(',')
+    .map((t) => t.trim())
+    .filter((t) => t !== '')
+}
+
+/** Removes hop-by-hop headers and every header the Connection header names. */
+export function stripHopByHop(headers: Record<string, unknown>): void {
+  for (const name of connectionTokens(headers['connection'])) delete headers[name]
+  for (const name of HOP_BY_HOP) delete headers[name]
+}
+
+function applyChanges(headers: Record<string, unknown>, changes: ResolvedRoute['requestHeaders']): void {
+  for (const name of changes.remove) delete headers[name]
+  for (const [name, value] of changes.set) headers[name] = value
+}
+
+/** Counts body bytes on the way to the upstream and fails the stream past the limit. */
+class BodyLimit extends Transform {
+  #seen = 0
+  constructor(
+    readonly limit: number,
+    readonly onExceeded: () => void,
+  ) {
+    super()
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#seen += chunk.length
+    if (this.#seen > this.limit) {
+      this.onExceeded()
+      callback(new ERR_BODY_TOO_LARGE(this.limit))
+      return
+    }
+    callback(null, chunk)
+  }
+}
+
+function errorCodes(error: unknown): string[] {
+  const codes: string[] = []
+  let current: unknown = error
+  for (let depth = 0; current && depth < 5; depth++) {
+    const code = (current as { code?: unknown }).code
+    if (typeof code === 'string') codes.push(code)
+    current = (current as { cause?: unknown }).cause
+  }
+  return codes
+}
+
+function describeFailure(codes: string[]): string {
+  if (codes.includes('ECONNREFUSED')) return 'connection refused'
+  if (codes.some((c) => c === 'ECONNRESET' || c === 'UND_ERR_SOCKET' || c === 'EPIPE')) return 'connection reset'
+  if (codes.some((c) => c === 'ENOTFOUND' || c === 'EAI_AGAIN')) return 'host name not resolved'
+  if (codes.some((c) => c === 'EHOSTUNREACH' || c === 'ENETUNREACH')) return 'unreachable'
+  if (codes.some((c) => c.startsWith('ERR_TLS') || c.includes('CERT'))) return 'TLS failure'
+  return 'request failed'
+}
+
+export interface RoutingDeps {
+  sites: HostTable<Site>
+  options: ResolvedProxyOptions
+  trusted: TrustFunction
+}
+
+/** Registers every route (and the not-found handler) on the HTTPS app. Returns the dispatchers to close. */
+export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispatchers: Dispatcher[] } {
+  const { sites, options } = deps
+  const dispatchers: Dispatcher[] = []
+  // Routes with identical timeouts share one connection pool per upstream origin.
+  const agents = new Map<string, Agent>()
+  const dispatcherFor = (route: ResolvedRoute): Dispatcher => {
+    const settings = {
+      connect: { timeout: route.connectMs },
+      headersTimeout: route.responseMs,
+      bodyTimeout: route.idleMs,
+    }
+    if (route.upstreams.length > 1) {
+      const pool = new BalancedPool(route.upstreams, settings)
+      dispatchers.push(pool)
+      return pool
+    }
+    const key = `${route.connectMs}/${route.responseMs}/${route.idleMs}`
+    let agent = agents.get(key)
+    if (agent === undefined) {
+      agent = new Agent(settings)
+      agents.set(key, agent)
+      dispatchers.push(agent)
+    }
+    return agent
+  }
+  const anyWebsocket = options.routes.some((r) => r.websocket)
+
+  for (const site of sites.values()) {
+    app.register(
+      async (siteApp) => {
+        // Bodies stream through untouched; the only parser counts bytes against the limit.
+        siteApp.removeAllContentTypeParsers()
+        siteApp.addContentTypeParser('*', (request, payload, done) => {
+          const raw = request.raw as RawRequest
+          done(
+            null,
+            payload.pipe(
+              new BodyLimit(options.limits.bodyBytes, () => {
+                raw[kTooLarge] = true
+              }),
+            ),
+          )
+        })
+        siteApp.addHook('onRequest', async (request, reply) => {
+          const route = request.routeOptions.config as unknown as { proxyRoute?: ResolvedRoute }
+          const target = route.proxyRoute
+          const raw = request.raw as RawRequest
+          const rawUrl = raw.originalUrl ?? request.url
+          const q = rawUrl.indexOf('?')
+          const problem = pathProblem(q < 0 ? rawUrl : rawUrl.slice(0, q), options.allowSemicolonInPath)
+          if (problem !== undefined) {
+            reply.header('connection', 'close')
+            return reply.send(new ERR_BAD_PATH(problem))
+          }
+          const length = Number(request.headers['content-length'] ?? 0)
+          if (length > options.limits.bodyBytes) {
+            reply.header('connection', 'close')
+            return reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
+          }
+          if (
+            target &&
+            !target.websocket &&
+            request.headers.upgrade !== undefined &&
+            (anyWebsocket || /websocket/i.test(String(request.headers.upgrade)))
+          ) {
+            reply.header('connection', 'close')
+            return reply.send(new ERR_WEBSOCKET_DISABLED(target.label))
+          }
+        })
+        for (const route of site.routes) registerRoute(siteApp, site, route, dispatcherFor(route), deps)
+      },
+      { prefix: site.prefix },
+    )
+  }
+
+  app.setNotFoundHandler((request, reply) => {
+    const site = siteOf(request)
+    if (site !== undefined) {
+      const raw = request.raw as RawRequest
+      const url = raw.originalUrl ?? request.url
+      const path = url.split('?', 1)[0] ?? '/'
+      return reply.send(new ERR_NO_ROUTE(path.slice(0, 200), requestHost(request.headers) ?? site.host))
+    }
+    const host = requestHost(request.headers)
+    return reply.send(new ERR_UNKNOWN_HOST(host === undefined ? '(none or malformed)' : host))
+  })
+
+  return { dispatchers }
+}
+
+function registerRoute(
+  siteApp: FastifyInstance,
+  site: Site,
+  route: ResolvedRoute,
+  dispatcher: Dispatcher,
+  deps: RoutingDeps,
+): void {
+  const { options, trusted } = deps
+  const upstream = route.upstreams[0]!
+  const originalHost = (request: FastifyRequest): string | undefined => {
+    const value = request.headers[':authority'] ?? request.headers.host
+    return typeof value === 'string' ? value : undefined
+  }
+  const upstreamHeaders = (request: FastifyRequest, headers: Record<string, unknown>): Record<string, unknown> => {
+    stripHopByHop(headers)
+    const host = originalHost(request)
+    applyForwardingHeaders(headers, { peer: request.socket.remoteAddress, secure: true, host, trusted })
+    if (route.preserveHost && host !== undefined) headers['host'] = host
+    applyChanges(headers, route.requestHeaders)
+    return headers
+  }
+
+  const onError = (reply: FastifyReply, { error }: { error: Error }): void => {
+    const raw = reply.request.raw as RawRequest
+    if (raw[kTooLarge]) {
+      reply.header('connection', 'close')
+      reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
+      return
+    }
+    const codes = errorCodes(error)
+    const timedOut =
+      (error as { statusCode?: number }).statusCode === 504 ||
+      codes.some((c) => /TIMEOUT/i.test(c) || c === 'ETIMEDOUT')
+    reply.log.error({ route: route.label, upstream: route.upstreams, codes, err: error }, 'upstream request failed')
+    reply.send(
+      timedOut
+        ? new ERR_UPSTREAM_TIMEOUT(route.label)
+        : new ERR_UPSTREAM_UNAVAILABLE(route.label, describeFailure(codes)),
+    )
+  }
+
+  siteApp.register(httpProxy, {
+    upstream,
+    prefix: route.path,
+    rewritePrefix: route.rewritePrefix,
+    constraints: { vhost: site.id },
+    config: { proxyRoute: route },
+    // Bodies are parsed (counted) by the site's own parser, registered above.
+    proxyPayloads: false,
+    disableRequestLogging: true,
+    undici: dispatcher as never,
+    http2: false,
+    websocket: route.websocket,
+    ...(route.websocket
+      ? {
+          wsServerOptions: { maxPayload: options.limits.bodyBytes },
+          wsClientOptions: {
+            handshakeTimeout: route.connectMs,
+            rewriteRequestHeaders: (_headers: Record<string, unknown>, request: FastifyRequest) => {
+              // Only end-to-end headers the upstream needs; ws sets the handshake headers itself.
+              const headers: Record<string, unknown> = {}
+              for (const name of ['cookie', 'authorization', 'origin', 'user-agent', 'accept-language']) {
+                const value = request.headers[name]
+                if (value !== undefined) headers[name] = value
+              }
+              return upstreamHeaders(request, headers)
+            },
+          },
+        }
+      : {}),
+    replyOptions: {
+      rewriteRequestHeaders: (request: FastifyRequest, headers: Record<string, unknown>) =>
+        upstreamHeaders(request, headers) as never,
+      rewriteHeaders: (headers: Record<string, unknown>) => {
+        stripHopByHop(headers)
+        applyChanges(headers, route.responseHeaders)
+        return headers as never
+      },
+      onError: onError as never,
+    },
+  } as never)
+}

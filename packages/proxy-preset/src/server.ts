@@ -1,0 +1,74 @@
+// The HTTPS app: Fastify on fastify-acme's server factory (TLS with an SNI resolver, TLS-ALPN-01 on the same port,
+// HTTP/2 with HTTP/1.1 fallback by default), with the request limits and timeouts applied to the server itself.
+import type { TlsOptions } from 'node:tls'
+import { acmeServerFactory, type CertResolver } from '@autotls/fastify-acme'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { HostTable } from './hosts.js'
+import type { ProxyOptions, ResolvedProxyOptions } from './options.js'
+import { createRewriteUrl, type Site, vhostConstraint } from './routes.js'
+
+type Limits = ResolvedProxyOptions['limits']
+
+/** Node checks headers/request timeouts on an interval; keep it fine enough for the configured timeouts. */
+function checkingInterval(limits: Limits): number {
+  const shortest = Math.min(...[limits.headersTimeoutMs, limits.requestTimeoutMs].filter((ms) => ms > 0), 30_000)
+  return Math.max(100, Math.min(30_000, Math.floor(shortest / 2)))
+}
+
+/**
+ * Header size and slow-client timeouts on an http/https server, or on an HTTP/2 server for its HTTP/1.1 fallback
+ * connections (Node reads these from the server object for every HTTP/1.1 connection).
+ */
+export function applyHttpLimits(server: unknown, limits: Limits): void {
+  const s = server as Record<string, unknown>
+  s['maxHeaderSize'] = limits.headerBytes
+  s['requestTimeout'] = limits.requestTimeoutMs
+  s['headersTimeout'] =
+    limits.requestTimeoutMs > 0 ? Math.min(limits.headersTimeoutMs, limits.requestTimeoutMs) : limits.headersTimeoutMs
+  s['keepAliveTimeout'] = limits.keepAliveTimeoutMs
+  s['connectionsCheckingInterval'] = checkingInterval(limits)
+}
+
+/** TLS options shared by the server factory and every later setSecureContext() (which resets what it is not given). */
+export function baseTlsOptions(limits: Limits): TlsOptions {
+  return { minVersion: 'TLSv1.2', handshakeTimeout: limits.handshakeTimeoutMs }
+}
+
+function loggerOptions(logger: ProxyOptions['logger']): Partial<FastifyServerOptions> & {
+  loggerInstance?: FastifyBaseLogger
+} {
+  if (logger === undefined) return { logger: { level: 'info' } }
+  const candidate = logger as Partial<FastifyBaseLogger>
+  if (typeof logger === 'object' && logger !== null && typeof candidate.child === 'function') {
+    return { loggerInstance: logger as FastifyBaseLogger }
+  }
+  return { logger: logger as FastifyServerOptions['logger'] }
+}
+
+export function buildHttpsApp(options: ResolvedProxyOptions, resolver: CertResolver, sites: HostTable<Site>) {
+  const { limits } = options
+  const app = Fastify({
+    ...loggerOptions(options.logger),
+    http2: options.https.http2,
+    serverFactory: acmeServerFactory({
+      resolver,
+      tls: {
+        ...baseTlsOptions(limits),
+        // HTTP/2: a header block larger than this is refused (and advertised in SETTINGS).
+        settings: { maxHeaderListSize: limits.headerBytes },
+        maxHeaderSize: limits.headerBytes,
+      } as TlsOptions,
+    }),
+    bodyLimit: limits.bodyBytes,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    http2SessionTimeout: limits.http2SessionTimeoutMs,
+    rewriteUrl: createRewriteUrl(sites, options.health),
+    routerOptions: { constraints: { vhost: vhostConstraint as never } },
+    return503OnClosing: true,
+    // Proxied request ids are not read from clients.
+    requestIdHeader: false,
+  } as FastifyServerOptions) as unknown as FastifyInstance
+  applyHttpLimits(app.server, limits)
+  return app
+}
