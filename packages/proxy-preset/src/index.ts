@@ -19,7 +19,7 @@ export interface ProxyAddresses {
 }
 
 /** What createProxy()/startProxy() return. */
-export interface Proxy {
+export interface ProxyHandle {
   /** The HTTPS Fastify instance: add hooks, plugins, decorators (before listen() for createProxy). */
   readonly app: FastifyInstance
   /** The plain-HTTP instance (redirects, HTTP-01), or undefined with `http: false`. */
@@ -61,7 +61,7 @@ function addressOf(app: FastifyInstance): AddressInfo {
 }
 
 /** Builds the proxy without listening. Throws FPROXY_* (or FACME_*) errors for unusable options or certificates. */
-export async function createProxy(options: ProxyOptions): Promise<Proxy> {
+export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
   const resolved = resolveProxyOptions(options)
   const sites = buildSiteTable(resolved.routes)
   const resolver = new ProxyCertResolver()
@@ -137,7 +137,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
 
     let closing: Promise<void> | undefined
     const http = redirectApp
-    const proxy: Proxy = {
+    const proxy: ProxyHandle = {
       app,
       redirectApp: http,
       acme,
@@ -195,7 +195,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
  * Builds, starts and returns the proxy; SIGINT/SIGTERM (configurable) start a graceful shutdown, after which the
  * process exits (unless `shutdown.exit` is false).
  */
-export async function startProxy(options: ProxyOptions): Promise<Proxy> {
+export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
   const proxy = await createProxy(options)
   await proxy.listen()
   const { signals, exit } = proxy.options.shutdown

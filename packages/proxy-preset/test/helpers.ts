@@ -109,7 +109,7 @@ export function h1(opts: RequestOptions): Promise<Reply> {
         ca: opts.ca,
         agent: false,
         ALPNProtocols: ['http/1.1'],
-      },
+      } as import('node:https').RequestOptions,
       (res) => {
         const chunks: Buffer[] = []
         res.on('data', (c: Buffer) => chunks.push(c))

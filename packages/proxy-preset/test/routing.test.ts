@@ -2,7 +2,7 @@
 // many hosts, health, over HTTP/1.1 and HTTP/2 with real TLS clients.
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
-import { createProxy, type Proxy } from '../src/index.js'
+import { createProxy, type ProxyHandle } from '../src/index.js'
 import { type CertFiles, certFiles, h1, h2, json, startUpstream, type Upstream } from './helpers.js'
 
 describe('routing (manual certificates)', () => {
@@ -10,7 +10,7 @@ describe('routing (manual certificates)', () => {
   let api: Upstream
   let wild: Upstream
   let certs: CertFiles
-  let proxy: Proxy
+  let proxy: ProxyHandle
   let port: number
 
   before(async () => {
