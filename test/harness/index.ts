@@ -1,4 +1,6 @@
 // Public entry of @autotls/pebble-harness: real-ACME test infrastructure around Debian's Pebble.
+
+export { type CaProxy, type CaProxyOptions, type CaProxyRule, startCaProxy } from './ca-proxy.js'
 export { makeTestCertificates, type TestCertificateOptions, type TestCertificates } from './certs.js'
 export { type DnsStub, startDnsStub } from './dns-stub.js'
 export { countOrders, type Pebble, type PebbleOptions, startPebble } from './pebble.js'

@@ -32,6 +32,11 @@ export interface PebbleOptions {
   env?: Record<string, string>
   /** Path of the pebble binary, default 'pebble' on PATH or /usr/bin/pebble. */
   binary?: string
+  /**
+   * The certificate of Pebble's own HTTPS listener, e.g. `old.listenerCertificates` to restart "the same CA" that
+   * clients already trust (same directory URL, same caBundle). Default: a new throw-away CA and leaf.
+   */
+  listenerCertificates?: { caCert: string; cert: string; key: string }
 }
 
 /** A running Pebble started by {@link startPebble}. */
@@ -50,6 +55,8 @@ export interface Pebble {
   dnsPort: number
   /** PEM of the throw-away CA that signed Pebble's own HTTPS listener certificate (not the issuing root). */
   caBundle: string
+  /** The listener's CA, certificate and key: pass to {@link PebbleOptions.listenerCertificates} on a restart. */
+  listenerCertificates: { caCert: string; cert: string; key: string }
   /** PEM of the root Pebble issues under, from `${managementUrl}/roots/0`; new at every start. Cached. */
   issuingRoot(): Promise<string>
   /** PEM of the intermediate Pebble issues under, from `${managementUrl}/intermediates/0`. Cached. */
@@ -257,7 +264,12 @@ export async function startPebble(options: PebbleOptions = {}): Promise<Pebble> 
   const dir = await mkdtemp(join(tmpdir(), 'autotls-pebble-'))
   let dns: DnsStub | undefined
   try {
-    const certs = await makeTestCertificates({ names: ['localhost', '127.0.0.1', '::1'], dir })
+    const certs =
+      options.listenerCertificates ?? (await makeTestCertificates({ names: ['localhost', '127.0.0.1', '::1'], dir }))
+    if (options.listenerCertificates) {
+      await writeFile(join(dir, 'cert.pem'), certs.cert)
+      await writeFile(join(dir, 'key.pem'), certs.key, { mode: 0o600 })
+    }
     dns = await startDnsStub(0)
     const config = {
       pebble: {
@@ -291,7 +303,7 @@ interface LaunchPlan {
   env: NodeJS.ProcessEnv
   dir: string
   configPath: string
-  certs: { caCert: string }
+  certs: { caCert: string; cert: string; key: string }
   dns: DnsStub
   listenPort: number
   mgmtPort: number
@@ -388,6 +400,7 @@ async function launch(plan: LaunchPlan): Promise<Pebble> {
     httpPort,
     dnsPort: dns.port,
     caBundle,
+    listenerCertificates: { caCert: plan.certs.caCert, cert: plan.certs.cert, key: plan.certs.key },
     issuingRoot: cachedPem('/roots/0'),
     issuingIntermediate: cachedPem('/intermediates/0'),
     pid: child.pid ?? -1,

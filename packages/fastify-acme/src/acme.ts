@@ -9,7 +9,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { generateKeyPair } from 'node:crypto'
 import { Agent } from 'node:https'
-import { rootCertificates } from 'node:tls'
+import { createSecureContext, rootCertificates } from 'node:tls'
 import * as acme from 'acme-client'
 import type { ChallengeType, KeyType } from './options.js'
 
@@ -117,7 +117,9 @@ export function trustRoots(pems: string[]): void {
   }
   if (!changed) return
   // One agent for the shared axios instance: the system roots plus every extra root registered so far.
-  acme.axios.defaults.httpsAgent = new Agent({ ca: [...rootCertificates, ...extraRoots], keepAlive: true })
+  // One secure context built once: passing `ca` instead would parse every root again for each new connection.
+  const secureContext = createSecureContext({ ca: [...rootCertificates, ...extraRoots] })
+  acme.axios.defaults.httpsAgent = new Agent({ secureContext, keepAlive: true })
 }
 
 /** Runs one CA exchange with our signal and error capture; turns failures into AcmeCallError. */
@@ -207,8 +209,14 @@ function makeClient(
 }
 
 /** Creates a new account (new ECDSA P-256 key). The record must be stored before it is used for orders. */
-export async function createAccount(params: AccountParams): Promise<AccountRecord> {
-  const keyPem = await generateCertificateKey('ecdsa-p256')
+export const ACCOUNT_DOES_NOT_EXIST = 'urn:ietf:params:acme:error:accountDoesNotExist'
+
+/**
+ * Registers an account. With `keyPem`, the existing key is registered again (a CA that lost the account, e.g. a
+ * test CA restarted, or one that returns the existing account for a known key).
+ */
+export async function createAccount(params: AccountParams, existingKeyPem?: string): Promise<AccountRecord> {
+  const keyPem = existingKeyPem ?? (await generateCertificateKey('ecdsa-p256'))
   const client = makeClient(params.directoryUrl, keyPem, undefined, params.eab)
   await call(params.signal, 'account registration', () =>
     client.createAccount({
@@ -270,10 +278,17 @@ export async function orderCertificate(p: OrderParams): Promise<IssuedCertificat
   try {
     await Promise.all(authzs.map((authz) => completeAuthorization(client, authz, p)))
   } catch (err) {
+    // A failed order leaves pending authorizations on the account: deactivate them so none lingers. One that
+    // failed validation is already invalid and the CA refuses to deactivate it, which is fine.
     await Promise.all(
-      authzs.map((authz) =>
-        call(p.signal, 'deactivate authorization', () => client.deactivateAuthorization(authz)).catch(() => {}),
-      ),
+      authzs
+        .filter((authz) => authz.status === 'pending')
+        .map(async (authz) => {
+          try {
+            await call(p.signal, 'deactivate authorization', () => client.deactivateAuthorization(authz))
+            p.log('authorization deactivated', { name: authz.identifier.value })
+          } catch {}
+        }),
     )
     throw err
   }

@@ -4,11 +4,13 @@
 // result atomically and swaps it into the resolver. Failures are isolated per name.
 import type { FastifyBaseLogger } from 'fastify'
 import {
+  ACCOUNT_DOES_NOT_EXIST,
   type AccountRecord,
   AcmeCallError,
   type ChallengeToPresent,
   createAccount,
   generateChallengeKey,
+  type OrderParams,
   orderCertificate,
   trustRoots,
 } from './acme.js'
@@ -342,18 +344,21 @@ export class CertificateManager {
       }
       const timeout = AbortSignal.timeout(this.#o.orderTimeoutMs)
       this.ordersSent++
-      const issued = await orderCertificate({
+      const issued = await this.#orderWithAccount(
         account,
-        eab: this.#o.eab,
-        name,
-        keyType: this.#o.keyType,
-        challenges,
-        challengeKey,
-        signal: AbortSignal.any([signal, timeout]),
-        present: (c) => this.#present(c),
-        remove: (c) => this.#remove(c),
-        log: (step, detail) => this.#log.info({ name, ...detail }, `fastify-acme: ${step}`),
-      })
+        {
+          eab: this.#o.eab,
+          name,
+          keyType: this.#o.keyType,
+          challenges,
+          challengeKey,
+          signal: AbortSignal.any([signal, timeout]),
+          present: (c) => this.#present(c),
+          remove: (c) => this.#remove(c),
+          log: (step, detail) => this.#log.info({ name, ...detail }, `fastify-acme: ${step}`),
+        },
+        signal,
+      )
       const info = checkPair(name, issued.keyPem, issued.chainPem)
       const record: CertificateRecord = {
         name,
@@ -391,7 +396,6 @@ export class CertificateManager {
         { name, notAfter: record.notAfter, serial: record.serial, renewal },
         'fastify-acme: certificate issued',
       )
-      await this.#plan(entry)
       return structuredClone(entry.status)
     } catch (err) {
       if (signal.aborted) throw new ERR_CLOSED({ cause: err })
@@ -426,7 +430,6 @@ export class CertificateManager {
       { name: entry.status.name, serial: record.serial },
       'fastify-acme: adopted a certificate renewed by another process',
     )
-    await this.#plan(entry)
     return true
   }
 
@@ -442,6 +445,14 @@ export class CertificateManager {
       failures: 0,
     })
     delete entry.status.lastError
+    // A new certificate clears the retry state, so its renewal time is known now; waiters see the full status.
+    const at = renewalTime(
+      Date.parse(record.notBefore),
+      Date.parse(record.notAfter),
+      this.#o.renewBeforeRatio,
+      this.#random,
+    )
+    this.#setNext(entry, 'renew', at)
     for (const w of entry.waiters.splice(0)) w.resolve(structuredClone(entry.status))
   }
 
@@ -514,6 +525,34 @@ export class CertificateManager {
       return account
     } finally {
       await unlock()
+    }
+  }
+
+  /**
+   * Runs the order; if the CA no longer knows our account (a CA that lost its state, like a restarted test CA),
+   * registers the same key again and retries once.
+   */
+  async #orderWithAccount(account: AccountRecord, params: Omit<OrderParams, 'account'>, signal: AbortSignal) {
+    try {
+      return await orderCertificate({ ...params, account })
+    } catch (err) {
+      if (!(err instanceof AcmeCallError) || err.problemType !== ACCOUNT_DOES_NOT_EXIST) throw err
+      this.#log.warn(
+        { accountUrl: account.url },
+        'fastify-acme: the CA does not know our account; registering it again',
+      )
+      const fresh = createAccount(
+        { directoryUrl: this.#o.directoryUrl, contact: this.#o.contact, eab: this.#o.eab, signal },
+        account.keyPem,
+      ).then(async (renewed) => {
+        await this.#storage.put(keys.account(this.#dir), JSON.stringify(renewed))
+        return renewed
+      })
+      this.#account = fresh
+      fresh.catch(() => {
+        if (this.#account === fresh) this.#account = undefined
+      })
+      return await orderCertificate({ ...params, account: await fresh })
     }
   }
 

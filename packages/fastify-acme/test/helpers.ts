@@ -148,3 +148,55 @@ export function isChallengeCertificate(cert: PeerCertificate): boolean {
   // DER: OID 1.3.6.1.5.5.7.1.31 (06 08 2b 06 01 05 05 07 01 1f) followed by critical = TRUE (01 01 ff).
   return raw.includes(Buffer.from('06082b06010505070' + '11f0101ff', 'hex'))
 }
+
+export interface LoadResult {
+  ok: number
+  failed: number
+  errors: string[]
+  /** Distinct serials served, in the order first seen. */
+  serials: string[]
+}
+
+/**
+ * A client that keeps making HTTPS requests, each on a new connection (so each one is a full handshake that shows
+ * the certificate served at that moment), until stopped. `ca()` is read per request so roots can be added.
+ */
+export function startLoad(port: number, name: string, ca: () => string[], pauseMs = 20) {
+  const result: LoadResult = { ok: 0, failed: 0, errors: [], serials: [] }
+  let running = true
+  const loop = (async () => {
+    while (running) {
+      try {
+        const res = await httpsGet(port, name, ca())
+        if (res.status === 200) result.ok++
+        else {
+          result.failed++
+          result.errors.push(`status ${res.status}`)
+        }
+        const serial = res.cert.serialNumber
+        if (!result.serials.includes(serial)) result.serials.push(serial)
+      } catch (err) {
+        result.failed++
+        if (result.errors.length < 20) result.errors.push((err as Error).message)
+      }
+      await new Promise((r) => setTimeout(r, pauseMs))
+    }
+  })()
+  return {
+    result,
+    async stop(): Promise<LoadResult> {
+      running = false
+      await loop
+      return result
+    },
+  }
+}
+
+/** Resolves when `predicate` holds, polling every 50 ms; rejects after `timeoutMs` with `what`. */
+export async function until(predicate: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}

@@ -1,0 +1,132 @@
+// A fault-injecting HTTPS proxy in front of Pebble: forwards every request unchanged (keeping the Host header, so
+// Pebble builds its URLs and checks JWS "url" fields against the proxy's address), and answers chosen requests
+// itself, e.g. 429 with Retry-After on newOrder, or drops connections to play a CA outage.
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
+import { createServer, request as httpsRequest, type Server } from 'node:https'
+import type { Socket } from 'node:net'
+import { makeTestCertificates } from './certs.js'
+
+export interface CaProxyRule {
+  /** Which requests the rule answers: method and a test on the path (e.g. /order-plz is Pebble's newOrder). */
+  method?: string
+  path: RegExp
+  status: number
+  headers?: Record<string, string>
+  body?: unknown
+  /** How many matching requests to answer before the rule retires; default unlimited. */
+  times?: number
+}
+
+export interface CaProxy {
+  /** The directory URL to give the ACME client instead of Pebble's. */
+  directoryUrl: string
+  port: number
+  /** PEM roots to trust for the proxy's own HTTPS. */
+  caBundle: string
+  /** Every request seen, in order: method, path and the status returned. */
+  requests: Array<{ method: string; path: string; status: number; injected: boolean }>
+  inject(rule: CaProxyRule): void
+  clearRules(): void
+  /** While down, every connection is destroyed at once (connection reset), as if the CA were unreachable. */
+  setDown(down: boolean): void
+  stop(): Promise<void>
+}
+
+export interface CaProxyOptions {
+  /** Pebble's HTTPS port and the CA bundle that trusts it. */
+  upstreamPort: number
+  upstreamCa: string
+  /** Port to listen on; default ephemeral. */
+  port?: number
+}
+
+export async function startCaProxy(options: CaProxyOptions): Promise<CaProxy> {
+  const certs = await makeTestCertificates({ names: ['localhost', '127.0.0.1'] })
+  const rules: Array<CaProxyRule & { used: number }> = []
+  const requests: CaProxy['requests'] = []
+  let down = false
+  const sockets = new Set<Socket>()
+
+  const server: Server = createServer({ key: certs.key, cert: certs.cert }, (req, res) => {
+    const path = req.url ?? '/'
+    const method = req.method ?? 'GET'
+    const rule = rules.find(
+      (r) =>
+        (r.method === undefined || r.method === method) &&
+        r.path.test(path) &&
+        (r.times === undefined || r.used < r.times),
+    )
+    if (rule) {
+      rule.used++
+      requests.push({ method, path, status: rule.status, injected: true })
+      // Drain the request body, then answer.
+      req.resume()
+      req.on('end', () => {
+        const body = rule.body === undefined ? '' : JSON.stringify(rule.body)
+        res.writeHead(rule.status, { 'content-type': 'application/problem+json', ...rule.headers })
+        res.end(body)
+      })
+      return
+    }
+    const upstream = httpsRequest(
+      {
+        host: '127.0.0.1',
+        port: options.upstreamPort,
+        method,
+        path,
+        headers: req.headers as IncomingHttpHeaders,
+        ca: options.upstreamCa,
+        servername: 'localhost',
+        agent: false,
+      },
+      (up: IncomingMessage) => {
+        requests.push({ method, path, status: up.statusCode ?? 0, injected: false })
+        res.writeHead(up.statusCode ?? 502, up.headers)
+        up.pipe(res)
+      },
+    )
+    upstream.on('error', (err) => {
+      requests.push({ method, path, status: 502, injected: false })
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' })
+      res.end(`upstream error: ${err.message}`)
+    })
+    req.pipe(upstream)
+  })
+  server.on('connection', (socket: Socket) => {
+    if (down) {
+      socket.destroy()
+      return
+    }
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  })
+  server.keepAliveTimeout = 1000
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(options.port ?? 0, '127.0.0.1', () => resolve())
+  })
+  const port = (server.address() as { port: number }).port
+  let stopped = false
+  return {
+    directoryUrl: `https://127.0.0.1:${port}/dir`,
+    port,
+    caBundle: certs.caCert,
+    requests,
+    inject(rule) {
+      rules.push({ ...rule, used: 0 })
+    },
+    clearRules() {
+      rules.length = 0
+    },
+    setDown(value) {
+      down = value
+      if (value) for (const s of sockets) s.destroy()
+    },
+    async stop() {
+      if (stopped) return
+      stopped = true
+      for (const s of sockets) s.destroy()
+      await new Promise((resolve) => server.close(resolve))
+    },
+  }
+}
