@@ -51,6 +51,11 @@ export const ERR_BODY_TOO_LARGE = createError<[number, Cause?]>(
   'Request body larger than %d bytes',
   413,
 )
+export const ERR_HEADERS_TOO_LARGE = createError<[number, Cause?]>(
+  'FPROXY_HEADERS_TOO_LARGE',
+  'Request headers larger than %d bytes',
+  431,
+)
 export const ERR_WEBSOCKET_DISABLED = createError<[string, Cause?]>(
   'FPROXY_WEBSOCKET_DISABLED',
   'WebSocket upgrades are not enabled for %s',

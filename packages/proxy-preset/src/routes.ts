@@ -19,6 +19,7 @@ import { Agent, BalancedPool, type Dispatcher } from 'undici'
 import {
   ERR_BAD_PATH,
   ERR_BODY_TOO_LARGE,
+  ERR_HEADERS_TOO_LARGE,
   ERR_NO_ROUTE,
   ERR_UNKNOWN_HOST,
   ERR_UPSTREAM_TIMEOUT,
@@ -178,6 +179,11 @@ class BodyLimit extends Transform {
   }
 }
 
+/** HTTP/1.1: end the connection after this response (its request body may be unread). HTTP/2 has no such header. */
+function closeAfter(reply: FastifyReply): void {
+  if (reply.request.raw.httpVersionMajor === 1) reply.header('connection', 'close')
+}
+
 function errorCodes(error: unknown): string[] {
   const codes: string[] = []
   let current: unknown = error
@@ -256,12 +262,24 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
           const q = rawUrl.indexOf('?')
           const problem = pathProblem(q < 0 ? rawUrl : rawUrl.slice(0, q), options.allowSemicolonInPath)
           if (problem !== undefined) {
-            reply.header('connection', 'close')
+            closeAfter(reply)
             return reply.send(new ERR_BAD_PATH(problem))
+          }
+          // Fastify treats a request without Content-Type, Content-Length and Transfer-Encoding as bodiless; an
+          // HTTP/2 request may still carry a body (no END_STREAM on its HEADERS). Mark it so the body is streamed
+          // (the marker is a hop-by-hop header, removed before the request goes upstream).
+          const stream = (raw as { stream?: { endAfterHeaders?: boolean } }).stream
+          if (
+            raw.httpVersionMajor === 2 &&
+            stream?.endAfterHeaders === false &&
+            request.headers['content-length'] === undefined &&
+            request.headers['transfer-encoding'] === undefined
+          ) {
+            raw.headers['transfer-encoding'] = 'chunked'
           }
           const length = Number(request.headers['content-length'] ?? 0)
           if (length > options.limits.bodyBytes) {
-            reply.header('connection', 'close')
+            closeAfter(reply)
             return reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
           }
           if (
@@ -270,7 +288,7 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
             request.headers.upgrade !== undefined &&
             (anyWebsocket || /websocket/i.test(String(request.headers.upgrade)))
           ) {
-            reply.header('connection', 'close')
+            closeAfter(reply)
             return reply.send(new ERR_WEBSOCKET_DISABLED(target.label))
           }
         })
@@ -279,6 +297,16 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
       { prefix: site.prefix },
     )
   }
+
+  // HTTP/2 enforces SETTINGS_MAX_HEADER_LIST_SIZE only once the client has acknowledged our SETTINGS; a request
+  // sent with the connection preface is checked here instead (HPACK accounting: name + value + 32 per field).
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.raw.httpVersionMajor !== 2) return
+    let size = 0
+    const raw = request.raw.rawHeaders
+    for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
+    if (size > options.limits.headerBytes) return reply.send(new ERR_HEADERS_TOO_LARGE(options.limits.headerBytes))
+  })
 
   app.setNotFoundHandler((request, reply) => {
     const site = siteOf(request)
@@ -320,7 +348,7 @@ function registerRoute(
   const onError = (reply: FastifyReply, { error }: { error: Error }): void => {
     const raw = reply.request.raw as RawRequest
     if (raw[kTooLarge]) {
-      reply.header('connection', 'close')
+      closeAfter(reply)
       reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
       return
     }

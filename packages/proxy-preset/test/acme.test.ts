@@ -84,7 +84,7 @@ describe('ACME mode (Pebble)', () => {
           assert.equal(json(res)['upstream'], upstream)
           assert.equal(json(res)['url'], url)
           assert.equal(res.cert?.subjectaltname, `DNS:${host}`)
-          assert.match(res.cert?.issuer?.CN ?? '', /Pebble/i)
+          assert.match(String(res.cert?.issuer?.CN ?? ''), /Pebble/i)
           assert.equal(res.alpn, send === h2 ? 'h2' : 'http/1.1')
         }
       }

@@ -51,7 +51,7 @@ describe('websocket', () => {
       ca: certs.ca,
       servername: 'ws.test.local',
       headers: { host: 'ws.test.local', ...headers },
-    })
+    } as WebSocket.ClientOptions)
   }
 
   test('echo through the proxy, text and binary', async () => {
