@@ -170,6 +170,10 @@ export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
           log: app.log,
           tracker,
           servers: [app.server, ...(http ? [http.server] : [])] as never,
+          // Upstream requests still waiting would hold the app's onClose (pool close waits for them).
+          onForce: () => {
+            for (const d of dispatchers) void d.destroy().catch(() => {})
+          },
           close: async () => {
             draining = true
             try {

@@ -33,6 +33,8 @@ export interface GracefulCloseDeps {
   servers: Array<{ closeIdleConnections?: () => void }>
   /** Closes the apps (stop listening, wait for connections). */
   close(): Promise<void>
+  /** Called when the grace period is over, after the connections are destroyed (e.g. to abort upstream requests). */
+  onForce?: () => void
 }
 
 /** Runs deps.close() with a bound: after graceMs, every remaining connection is destroyed. */
@@ -46,6 +48,7 @@ export async function gracefulClose(deps: GracefulCloseDeps): Promise<void> {
   const force = setTimeout(() => {
     deps.log.warn({ open: deps.tracker.size, graceMs: deps.graceMs }, 'grace period over: closing open connections')
     deps.tracker.destroyAll()
+    deps.onForce?.()
   }, deps.graceMs)
   force.unref()
   try {

@@ -1,0 +1,106 @@
+// Graceful shutdown: in-flight requests finish, new connections are refused, the whole close is bounded by
+// shutdown.graceMs, and SIGTERM does all of it in a real process that then exits 0.
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { connect } from 'node:net'
+import { after, before, describe, test } from 'node:test'
+import { fileURLToPath } from 'node:url'
+import { createProxy } from '../src/index.js'
+import { type CertFiles, certFiles, h1, h2, startUpstream, type Upstream } from './helpers.js'
+
+const HOST = 'signal.test.local'
+
+function refused(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(false)
+    })
+    socket.once('error', () => resolve(true))
+  })
+}
+
+describe('graceful shutdown', () => {
+  let certs: CertFiles
+  let slow: Upstream
+  let hang: Upstream
+  before(async () => {
+    certs = await certFiles([HOST])
+    slow = await startUpstream('slow', (_req, res) => {
+      setTimeout(() => res.end('finished'), 400)
+    })
+    hang = await startUpstream('hang', () => {})
+  })
+  after(async () => {
+    await Promise.all([slow?.close(), hang?.close(), certs?.remove()])
+  })
+
+  async function proxyFor(upstream: string, graceMs: number) {
+    const proxy = await createProxy({
+      logger: false,
+      https: { host: '127.0.0.1', port: 0 },
+      http: false,
+      certificates: [{ cert: certs.cert, key: certs.key }],
+      shutdown: { graceMs, signals: false },
+      routes: [{ host: HOST, upstream }],
+    })
+    return { proxy, port: (await proxy.listen()).https.port }
+  }
+
+  test('in-flight requests (HTTP/1.1 and HTTP/2) finish; new connections are refused', async () => {
+    const { proxy, port } = await proxyFor(slow.url, 5_000)
+    const inFlight = [h1({ port, host: HOST, ca: certs.ca }), h2({ port, host: HOST, ca: certs.ca })]
+    while (slow.seen.length < 2) await new Promise((r) => setTimeout(r, 5))
+    const started = Date.now()
+    const closing = proxy.close()
+    await new Promise((r) => setTimeout(r, 50))
+    assert.ok(await refused(port), 'still accepting after close()')
+    const replies = await Promise.all(inFlight)
+    for (const reply of replies) {
+      assert.equal(reply.status, 200)
+      assert.equal(reply.body, 'finished')
+    }
+    await closing
+    assert.ok(Date.now() - started < 3_000, `close took ${Date.now() - started} ms`)
+  })
+
+  test('the grace period bounds the close when an upstream never answers', async () => {
+    const { proxy, port } = await proxyFor(hang.url, 500)
+    const stuck = h1({ port, host: HOST, ca: certs.ca }).then(
+      () => 'answered',
+      () => 'cut',
+    )
+    while (hang.seen.length < 1) await new Promise((r) => setTimeout(r, 5))
+    const started = Date.now()
+    await proxy.close()
+    const ms = Date.now() - started
+    assert.ok(ms >= 400 && ms < 3_000, `close took ${ms} ms with graceMs 500`)
+    assert.equal(await stuck, 'cut')
+  })
+
+  test('SIGTERM: the in-flight request finishes and the process exits 0', async () => {
+    const fixture = fileURLToPath(new URL('./fixtures/signal-proxy.ts', import.meta.url))
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', '--conditions=source', fixture, certs.cert, certs.key, slow.url],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    try {
+      const [line] = (await once(child.stdout!, 'data')) as [Buffer]
+      const { port } = JSON.parse(line.toString()) as { port: number }
+      const before = slow.seen.length
+      const inFlight = h1({ port, host: HOST, ca: certs.ca })
+      while (slow.seen.length === before) await new Promise((r) => setTimeout(r, 5))
+      child.kill('SIGTERM')
+      const reply = await inFlight
+      assert.equal(reply.status, 200)
+      assert.equal(reply.body, 'finished')
+      const [code] = (await once(child, 'exit')) as [number | null]
+      assert.equal(code, 0)
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL')
+    }
+  })
+})
