@@ -126,7 +126,7 @@ describe('resolveProxyOptions', () => {
 
 describe('planCertificates', () => {
   const acme = { directory: 'letsencrypt-staging', termsOfServiceAgreed: true }
-  const none = { hosts: () => [] }
+  const none = { hosts: (): string[] => [] }
   const plan = (input: object, manual = none) => planCertificates(resolveProxyOptions(input), manual)
 
   test('ACME names default to the exact, ACME-eligible route hosts not served from files', () => {
