@@ -133,12 +133,29 @@ async function call<T>(signal: AbortSignal, what: string, fn: () => Promise<T>, 
     } catch (err) {
       if (signal.aborted) throw signal.reason
       if (err instanceof AcmeCallError) throw err
-      const message = err instanceof Error ? err.message : String(err)
+      let message = err instanceof Error ? err.message : String(err)
+      // acme-client reports an invalid authorization as its whole JSON; keep the challenge's problem only.
+      const problem = challengeProblem(message)
+      if (problem) {
+        message = `${problem.type}: ${problem.detail}`
+        ctx.info = { ...ctx.info, problemType: problem.type }
+      }
       // Only a CA verdict ("invalid") is a failed validation; a network error or 5xx while polling is not.
       const verdict = validation && ctx.info.status === undefined && ctx.info.networkCode === undefined
       throw new AcmeCallError(`${what}: ${message}`, ctx.info, verdict, err)
     }
   })
+}
+
+function challengeProblem(message: string): { type: string; detail: string } | undefined {
+  if (!message.startsWith('{')) return undefined
+  try {
+    const authz = JSON.parse(message) as { challenges?: Array<{ error?: { type?: string; detail?: string } }> }
+    const error = authz.challenges?.find((c) => c.error)?.error
+    return error?.type ? { type: error.type, detail: error.detail ?? '' } : undefined
+  } catch {
+    return undefined
+  }
 }
 
 export async function generateCertificateKey(keyType: KeyType): Promise<string> {

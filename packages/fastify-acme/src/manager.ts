@@ -174,6 +174,7 @@ export class CertificateManager {
           }
           if (!entry.record) entry.status.state = 'error'
         }
+        this.#plan(entry, retry)
       }),
     )
   }
@@ -184,12 +185,14 @@ export class CertificateManager {
     this.#started = true
     // RSA key generation takes a few hundred ms: start it now, before the first order needs it.
     if (this.#o.challenges.includes('tls-alpn-01')) void this.#ensureChallengeKey().catch(() => {})
-    for (const entry of this.#entries.values()) await this.#plan(entry)
+    for (const entry of this.#entries.values()) {
+      const next = entry.status.nextAction
+      if (next && !entry.running) this.#scheduler.schedule(entry.status.name, Date.parse(next.at))
+    }
   }
 
-  async #plan(entry: Entry): Promise<void> {
-    const name = entry.status.name
-    const retry = await this.#readRetry(name)
+  /** Decides the next action of a name from its certificate and retry state (status only; start() schedules). */
+  #plan(entry: Entry, retry: RetryState | undefined): void {
     const now = this.#clock.now()
     let at: number
     let kind: 'issue' | 'renew' | 'retry'
@@ -209,7 +212,7 @@ export class CertificateManager {
       at = retry.nextAttemptAt
       kind = 'retry'
     }
-    this.#setNext(entry, kind, at)
+    entry.status.nextAction = { kind, at: new Date(at).toISOString() }
   }
 
   #setNext(entry: Entry, kind: 'issue' | 'renew' | 'retry', at: number): void {

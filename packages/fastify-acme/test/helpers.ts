@@ -10,12 +10,15 @@ export interface AppOptions {
   port: number
   acme: FastifyAcmeOptions
   defaultCertificate?: { key: string; cert: string }
+  /** Collects the app's log lines (JSON) at info level. */
+  logLines?: string[]
 }
 
 export async function startApp(opts: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     http2: opts.http2 ?? false,
     serverFactory: acmeServerFactory(opts.defaultCertificate ? { defaultCertificate: opts.defaultCertificate } : {}),
+    ...(opts.logLines ? { logger: { level: 'info', stream: { write: (l: string) => opts.logLines?.push(l) } } } : {}),
   } as never) as unknown as FastifyInstance
   await app.register(fastifyAcme, opts.acme)
   app.get('/', async (request) => ({ hello: 'world', host: request.hostname, http: request.raw.httpVersion }))
