@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { startPebble } from '@autotls/pebble-harness'
 import { FileStorage, MemoryStorage } from '../src/index.js'
-import { startApp, startLoad, until } from './helpers.js'
+import { handshake, httpsGet, startApp, startLoad, until } from './helpers.js'
 
 function keepAliveGet(
   agent: Agent,
@@ -136,6 +136,51 @@ describe('renewal and live swap', () => {
       const result = await load.stop()
       assert.equal(result.failed, 0, result.errors.join('; '))
       assert.equal(app.acme.status(name)?.failures, 0)
+    } finally {
+      await app.close()
+      await pebble.stop()
+    }
+  })
+})
+
+describe('expired at start', () => {
+  test('an expired cached certificate is served at once while its renewal runs', async () => {
+    let pebble = await startPebble({ certificateValidityPeriod: 2 })
+    const name = 'expired.acme.test'
+    const storage = new FileStorage(await mkdtemp(join(tmpdir(), 'facme-expired-')))
+    const acme = {
+      names: [name],
+      directory: pebble.directoryUrl,
+      termsOfServiceAgreed: true as const,
+      caRoots: pebble.caBundle,
+      storage,
+      retryMinMs: 300,
+      retryMaxMs: 1000,
+    }
+    const first = await startApp({ port: pebble.tlsPort, acme })
+    const issued = await first.acme.waitForCertificate(name)
+    await first.close()
+    await pebble.stop()
+    await until(() => Date.now() > Date.parse(issued.notAfter!) + 500, 10_000, 'the certificate to expire')
+    // Restart with the CA down: the expired certificate is what we have, and it is served.
+    const app = await startApp({ port: pebble.tlsPort, acme })
+    try {
+      assert.equal(app.acme.status(name)?.state, 'expired')
+      const res = await handshake({ port: pebble.tlsPort, servername: name, alpn: ['http/1.1'] })
+      assert.ok(res.ok, 'handshake with the expired certificate')
+      assert.equal(res.cert.serialNumber.toUpperCase(), issued.serial?.toUpperCase())
+      await until(() => (app.acme.status(name)?.failures ?? 0) >= 1, 10_000, 'a failed renewal attempt')
+      pebble = await startPebble({
+        listenPort: pebble.listenPort,
+        tlsPort: pebble.tlsPort,
+        httpPort: pebble.httpPort,
+        listenerCertificates: pebble.listenerCertificates,
+      })
+      await until(() => app.acme.status(name)?.state === 'valid', 15_000, 'the renewal')
+      const root = await pebble.issuingRoot()
+      const fresh = await httpsGet(pebble.tlsPort, name, root)
+      assert.equal(fresh.status, 200)
+      assert.notEqual(fresh.cert.serialNumber.toUpperCase(), issued.serial?.toUpperCase())
     } finally {
       await app.close()
       await pebble.stop()
