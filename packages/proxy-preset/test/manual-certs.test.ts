@@ -5,6 +5,7 @@ import { X509Certificate } from 'node:crypto'
 import { copyFile, readFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { connect as tlsConnect } from 'node:tls'
 import { makeTestCertificates } from '@autotls/pebble-harness'
 import { createProxy, type ProxyHandle, validatePair } from '../src/index.js'
 import { type CertFiles, certFiles, h1, startUpstream, type Upstream } from './helpers.js'
@@ -43,7 +44,7 @@ describe('manual certificates: reload on change', () => {
     await first?.remove()
   })
 
-  test('replaced files are served within a bound with 0 failed requests; a broken replacement is refused', async () => {
+  test('replaced files are served within a bound with 0 failed requests; a broken replacement is refused', async (t) => {
     const serials: string[] = []
     const failures: string[] = []
     let looping = true
@@ -81,7 +82,7 @@ describe('manual certificates: reload on change', () => {
         await new Promise((r) => setTimeout(r, 10))
       }
       const elapsed = Date.now() - started
-      console.log(`# new certificate served ${elapsed} ms after the files were replaced`)
+      t.diagnostic(`new certificate served ${elapsed} ms after the files were replaced`)
       assert.ok(elapsed < RELOAD_BOUND_MS)
 
       // 2. A broken replacement: a certificate whose key is not the one on disk. Refused; the old pair stays.
@@ -110,7 +111,7 @@ describe('manual certificates: reload on change', () => {
       await writeFile(first.cert, fourth.cert)
       assert.equal((await seenBack).serial.toUpperCase(), serialOf(fourth.cert).toUpperCase())
       assert.equal(failures.length, 0, `failed requests: ${failures.slice(0, 3).join('; ')}`)
-      console.log(`# ${serials.length} requests during the reloads, 0 failed`)
+      t.diagnostic(`${serials.length} requests during the reloads, 0 failed`)
     } finally {
       looping = false
       await loop
@@ -184,6 +185,53 @@ describe('validatePair', () => {
       )
     } finally {
       await files.remove()
+    }
+  })
+})
+
+describe('default certificate', () => {
+  test('served without SNI and for uncovered names; reloaded like the others', async () => {
+    const upstream = await startUpstream('default')
+    const site = await certFiles(['site.test.local'])
+    const fallback = await certFiles(['fallback.test.local'])
+    const proxy = await createProxy({
+      logger: false,
+      https: { host: '127.0.0.1', port: 0 },
+      http: false,
+      certificates: [{ cert: site.cert, key: site.key }],
+      defaultCertificate: { cert: fallback.cert, key: fallback.key },
+      reload: { debounceMs: 20, pollIntervalMs: 500 },
+      routes: [{ host: 'site.test.local', upstream: upstream.url }],
+    })
+    try {
+      const { port } = (await proxy.listen()).https
+      const peer = (servername?: string) =>
+        new Promise<string>((resolve, reject) => {
+          const socket = tlsConnect({
+            host: '127.0.0.1',
+            port,
+            rejectUnauthorized: false,
+            ...(servername ? { servername } : {}),
+          })
+          socket.once('secureConnect', () => {
+            resolve(socket.getPeerCertificate().subjectaltname ?? '')
+            socket.destroy()
+          })
+          socket.once('error', reject)
+        })
+      assert.equal(await peer('site.test.local'), 'DNS:site.test.local')
+      assert.equal(await peer('other.test.local'), 'DNS:fallback.test.local')
+      assert.equal(await peer(), 'DNS:fallback.test.local', 'no SNI: the server default')
+      const next = await makeTestCertificates({ names: ['fallback2.test.local'] })
+      const seen = waitFor(proxy, 'reloaded')
+      await writeFile(fallback.key, next.key)
+      await writeFile(fallback.cert, next.cert)
+      await seen
+      assert.equal(await peer('other.test.local'), 'DNS:fallback2.test.local')
+      assert.equal(await peer(), 'DNS:fallback2.test.local', 'no SNI: the server default follows the reload')
+    } finally {
+      await proxy.close()
+      await Promise.all([upstream.close(), site.remove(), fallback.remove()])
     }
   })
 })

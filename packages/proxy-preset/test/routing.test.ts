@@ -29,6 +29,16 @@ describe('routing (manual certificates)', () => {
         { host: 'api.test.local', path: '/v1', upstream: api.url, rewritePrefix: '' },
         { host: 'api.test.local', path: '/legacy', upstream: api.url, rewritePrefix: '/v2/old' },
         { host: '*.wild.test.local', upstream: wild.url },
+        {
+          host: 'app.test.local',
+          path: '/headers',
+          upstream: app.url,
+          preserveHost: false,
+          headers: {
+            request: { set: { 'x-env': 'test' }, remove: ['x-drop-me'] },
+            response: { set: { 'x-served-by': 'preset' }, remove: ['content-type'] },
+          },
+        },
       ],
     })
     port = (await proxy.listen()).https.port
@@ -94,6 +104,25 @@ describe('routing (manual certificates)', () => {
     assert.equal(json(other)['upstream'], 'app', 'a known host keeps its own site whatever the path')
     assert.equal(json(other)['url'], '/_vhost/1/v1/x')
     assert.equal(api.seen.length, before)
+  })
+
+  test('per-route request and response header changes, preserveHost off', async () => {
+    for (const send of [h1, h2]) {
+      const res = await send({
+        port,
+        host: 'app.test.local',
+        path: '/headers',
+        headers: { 'x-drop-me': '1' },
+        ca: certs.ca,
+      })
+      const seen = json(res)['headers'] as Record<string, string>
+      assert.equal(seen['x-env'], 'test')
+      assert.equal(seen['x-drop-me'], undefined)
+      assert.equal(seen['host'], `127.0.0.1:${app.port}`, 'preserveHost: false sends the upstream host')
+      assert.equal(seen['x-forwarded-host'], 'app.test.local')
+      assert.equal(res.headers['x-served-by'], 'preset')
+      assert.equal(res.headers['content-type'], undefined)
+    }
   })
 
   test('health answers on any host without touching upstreams', async () => {
