@@ -2,10 +2,10 @@
 // whose certificates come from a CertResolver and whose TLS port answers TLS-ALPN-01. The plugin finds the
 // resolver of the server it is registered on through a WeakMap, so a server made any other way is detected at boot.
 
-import { createSecureServer, type Http2SecureServer, type Http2Session } from 'node:http2'
+import { createSecureServer, type Http2SecureServer, type Http2Server, type Http2Session } from 'node:http2'
 import { createServer as createHttpsServer } from 'node:https'
 import type { TlsOptions, Server as TlsServer } from 'node:tls'
-import type { FastifyServerFactory } from 'fastify'
+import type { FastifyServerFactory, RawServerBase, RawServerDefault } from 'fastify'
 import { DEFAULT_PEEK_TIMEOUT_MS, installTlsAlpnResponder, type TlsAlpnResponder } from './challenge-tls-alpn.js'
 import { CertResolver, type KeyCertPair } from './resolver.js'
 
@@ -16,6 +16,11 @@ export interface AcmeServerOptions {
   defaultCertificate?: KeyCertPair
   /** How long the ClientHello peek waits (only while a TLS-ALPN-01 challenge is pending). Default 10 s. */
   peekTimeoutMs?: number
+  /**
+   * HTTP/2 with HTTP/1.1 fallback. Default: Fastify's own `http2` option. Set it here too when you use TypeScript,
+   * so the instance gets HTTP/2 request types: `Fastify({ http2: true, serverFactory: acmeServerFactory({ http2: true }) })`.
+   */
+  http2?: boolean
   /** Extra TLS options (ciphers, minVersion, ...). `SNICallback`, `key` and `cert` are ours and are ignored. */
   tls?: TlsOptions
 }
@@ -39,9 +44,13 @@ export function wiringOf(server: unknown): Wiring | undefined {
 
 /**
  * A Fastify `serverFactory`: `Fastify({ serverFactory: acmeServerFactory() })` for HTTPS, or
- * `Fastify({ http2: true, serverFactory: acmeServerFactory() })` for HTTP/2 with HTTP/1.1 fallback.
+ * `Fastify({ http2: true, serverFactory: acmeServerFactory({ http2: true }) })` for HTTP/2 with HTTP/1.1 fallback.
  */
-export function acmeServerFactory(options: AcmeServerOptions = {}): FastifyServerFactory {
+export function acmeServerFactory(options: AcmeServerOptions & { http2: true }): FastifyServerFactory<Http2Server>
+export function acmeServerFactory<Server extends RawServerBase = RawServerDefault>(
+  options?: AcmeServerOptions,
+): FastifyServerFactory<Server>
+export function acmeServerFactory(options: AcmeServerOptions = {}): FastifyServerFactory<RawServerBase> {
   return (handler, fastifyOptions) => {
     const resolver = options.resolver ?? new CertResolver()
     if (options.defaultCertificate) resolver.setFallback(options.defaultCertificate)
@@ -66,7 +75,8 @@ export function acmeServerFactory(options: AcmeServerOptions = {}): FastifyServe
     }
     let server: TlsServer
     const sessions = new Set<Http2Session>()
-    if (opts.http2) {
+    const useHttp2 = options.http2 ?? opts.http2 === true
+    if (useHttp2) {
       const h2 = createSecureServer({ ...tlsOptions, allowHTTP1: true }, handler as never) as Http2SecureServer
       const sessionTimeout = opts.http2SessionTimeout ?? 72_000
       h2.on('session', (session: Http2Session) => {
@@ -89,7 +99,7 @@ export function acmeServerFactory(options: AcmeServerOptions = {}): FastifyServe
     wirings.set(server, {
       resolver,
       responder,
-      http2: opts.http2 === true,
+      http2: useHttp2,
       closeHttp2Sessions: () => {
         for (const session of sessions) session.close()
       },
