@@ -1,0 +1,2 @@
+// Placeholder: the benchmark runner lands in the next commit.
+console.log('bench: not yet implemented')
