@@ -29,7 +29,12 @@ const wanted = [
   ['pebble', 'pebble'],
   ['openssl', 'openssl'],
   ['curl', 'curl'],
-  ...(withBrowser ? [['chromium', 'chromium']] : []),
+  ...(withBrowser
+    ? [
+        ['chromium', 'chromium'],
+        ['certutil', 'libnss3-tools'],
+      ]
+    : []),
 ]
 const missing = wanted.filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg)
 if (missing.length > 0) {
