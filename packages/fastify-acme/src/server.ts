@@ -85,6 +85,10 @@ export function acmeServerFactory(options: AcmeServerOptions = {}): FastifyServe
         session.setTimeout(sessionTimeout, () => session.close())
       })
       h2.setTimeout(opts.connectionTimeout ?? 0)
+      // HTTP/1.1 fallback connections are served by Node's HTTP/1 code, which reads these from the server object.
+      const fallback = h2 as unknown as { keepAliveTimeout: number; requestTimeout: number }
+      fallback.keepAliveTimeout = opts.keepAliveTimeout ?? 72_000
+      if (opts.requestTimeout && opts.requestTimeout > 0) fallback.requestTimeout = opts.requestTimeout
       server = h2 as unknown as TlsServer
     } else {
       const https = createHttpsServer(tlsOptions, handler as never)
