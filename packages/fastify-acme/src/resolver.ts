@@ -1,4 +1,4 @@
-// SNI -> certificate, in memory. This is the hot path of every handshake: one normalisation and one Map lookup,
+// SNI -> certificate, in memory. This is the hot path of every handshake: one normalisation and one or two Map lookups,
 // no I/O, no awaits. Secure contexts are built lazily on the first handshake for a name (and rebuilt only when the
 // certificate changes), so a store of many names costs little memory until they are used. Challenge certificates
 // live in a separate map that only the TLS-ALPN-01 responder reads, so a normal client can never get one.
@@ -32,6 +32,17 @@ export class CertResolver {
     this.#certs.set(normalizeServerName(name), { pair, context })
   }
 
+  /**
+   * Installs one pair for several names (a certificate with many SANs) with one secure context, and only after
+   * it was built: a bad pair changes nothing served.
+   */
+  setMany(names: readonly string[], pair: KeyCertPair): void {
+    const context = createSecureContext({ key: pair.key, cert: pair.cert })
+    this.stats.contextsBuilt++
+    const entry = { pair, context }
+    for (const name of names) this.#certs.set(normalizeServerName(name), entry)
+  }
+
   /** Like set(), but defers building the context to the first handshake (for loading many cached names). */
   setLazy(name: string, pair: KeyCertPair): void {
     this.#certs.set(normalizeServerName(name), { pair, context: undefined })
@@ -62,9 +73,18 @@ export class CertResolver {
     this.#fallback = pair ? { pair, context: createSecureContext({ key: pair.key, cert: pair.cert }) } : undefined
   }
 
-  /** Synchronous lookup used by SNICallback; undefined means "no certificate for this name". */
+  /**
+   * Synchronous lookup used by SNICallback: the name's own entry, else a `*.parent` entry (one label, as certificate
+   * wildcards match), else the fallback; undefined means "no certificate for this name".
+   */
   lookup(servername: string): SecureContext | undefined {
-    const entry = this.#certs.get(normalizeServerName(servername)) ?? this.#fallback
+    const name = normalizeServerName(servername)
+    let entry = this.#certs.get(name)
+    if (entry === undefined) {
+      const dot = name.indexOf('.')
+      if (dot > 0) entry = this.#certs.get(`*${name.slice(dot)}`)
+    }
+    entry ??= this.#fallback
     if (entry === undefined) {
       this.stats.misses++
       return undefined
