@@ -1,2 +1,750 @@
-// Placeholder: the benchmark runner lands in the next commit.
-console.log('bench: not yet implemented')
+// The benchmark suite, one command: `npm run bench` (or `node --import tsx --conditions=source bench/run.ts`).
+// Installs its Debian packages when missing (as root), then, on loopback and bounded in time:
+//   proxy  figures 1, 2, 3, 7: nginx, HAProxy, Caddy, plain Fastify and proxy-preset in turn, repeated
+//   peek   figure 4: handshake CPU with and without the TLS-ALPN-01 ClientHello peek
+//   sni    figure 5: handshake CPU, RSS and start-up with 1 to 100,000 managed names
+//   issue  figure 6: issuance against the local Pebble
+// and prints Markdown tables (also saved with the raw runs under $BENCH_CACHE, default <tmp>/autotls-bench). Figures, not tests: nothing is
+// asserted about timings. Flags: --quick, --duration=S, --repeats=N, --only=proxy,peek,sni,issue,
+// --peers=nginx,haproxy,caddy,fastify,preset, --sni=1,1000,10000,100000.
+
+import { readFileSync } from 'node:fs'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer as createHttpsServer } from 'node:https'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { connect as tlsConnect } from 'node:tls'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { startPebble } from '@autotls/pebble-harness'
+import { startAcmeServer } from './lib/acme-server.js'
+import { makeCertFiles } from './lib/certs.js'
+import { h2load, handshakes, type LoadResult, newConnections, wrk } from './lib/load.js'
+import { type CertFiles, PEERS, type Running, startUpstream } from './lib/peers.js'
+import { fmt, median, mib, ratio, table, withSpread } from './lib/stats.js'
+import { ensureStore, STORE_SUFFIX } from './lib/store.js'
+import {
+  cpuSeconds,
+  ensureDebianPackages,
+  LOAD_CORE,
+  loadAverage,
+  machineInfo,
+  PROXY_CORE,
+  pinSelf,
+  runPinned,
+  startPinned,
+} from './lib/sys.js'
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    duration: { type: 'string' },
+    repeats: { type: 'string' },
+    only: { type: 'string' },
+    peers: { type: 'string' },
+    sni: { type: 'string' },
+  },
+})
+const QUICK = flags.quick === true
+const D = Number(flags.duration ?? (QUICK ? 2 : 3))
+const R = Number(flags.repeats ?? (QUICK ? 1 : 3))
+const SECTIONS = new Set((flags.only ?? 'proxy,peek,sni,issue').split(','))
+const PEER_IDS = (flags.peers ?? 'nginx,haproxy,caddy,fastify,preset').split(',')
+const SNI_SCALES = (flags.sni ?? (QUICK ? '1,1000,10000' : '1,1000,10000,100000')).split(',').map(Number)
+const KA_CONNECTIONS = 64
+const H2 = { connections: 8, streams: 16 }
+const HS_BATCH = 100
+const WARMUP = QUICK ? 2 : 5
+const HS_CLIENT_CONCURRENCY = 16
+
+// Cached certificate stores and saved results live outside the work tree (100,000 JSON files have no place in a
+// linted repository): $BENCH_CACHE, default <tmp>/autotls-bench.
+const cacheRoot = process.env['BENCH_CACHE'] ?? join(tmpdir(), 'autotls-bench')
+const started = Date.now()
+const log = (line: string): void => {
+  process.stderr.write(`[bench ${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s] ${line}\n`)
+}
+const out: string[] = []
+const print = (text = ''): void => {
+  out.push(text)
+  console.log(text)
+}
+
+ensureDebianPackages([
+  ['nginx', 'nginx'],
+  ['haproxy', 'haproxy'],
+  ['caddy', 'caddy'],
+  ['wrk', 'wrk'],
+  ['h2load', 'nghttp2-client'],
+  ['pebble', 'pebble'],
+  ['openssl', 'openssl'],
+  ['taskset', 'util-linux'],
+])
+pinSelf(LOAD_CORE)
+
+const work = await mkdtemp(join(tmpdir(), 'autotls-bench-'))
+const raw: Record<string, unknown> = {}
+const loadAtStart = loadAverage()
+log(`work folder ${work}; load average ${loadAtStart}; ${D} s per measurement, ${R} repeat(s)`)
+
+// --- full handshakes, checked ----------------------------------------------------------------------------------
+
+/**
+ * Every handshake of the handshake runs must be a full one. A Node HTTPS server with session tickets on (its default)
+ * counts the handshakes it completes and how many were resumptions, for each client: h2load (figure 3), our Node
+ * client (figures 4 and 5), and wrk with `Connection: close` (not used: it resumes).
+ */
+async function verifyFullHandshakes(cert: CertFiles): Promise<string[]> {
+  let full = 0
+  let resumed = 0
+  const server = createHttpsServer({ key: readFileSync(cert.key), cert: readFileSync(cert.cert) }, (_req, res) => {
+    res.setHeader('connection', 'close')
+    res.end('ok')
+  })
+  server.on('secureConnection', (socket) => {
+    if (socket.isSessionReused()) resumed++
+    else full++
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  const port = (server.address() as AddressInfo).port
+  const lines: string[] = []
+  const seen = (client: string, extra = '') => {
+    lines.push(`${client}: the server saw ${full} full handshakes and ${resumed} resumptions${extra}`)
+    full = 0
+    resumed = 0
+  }
+  const h = await newConnections(process.pid, { url: `https://localhost:${port}/`, seconds: 1, batch: HS_BATCH })
+  seen(`h2load --h1 -c${HS_BATCH} -n${HS_BATCH} (figure 3)`, ` (${h.count} requests)`)
+  const n = await handshakes(process.pid, { port, seconds: 1, concurrency: 4, servername: 'localhost' })
+  seen('Node client (figures 4, 5)', `; the client counted ${n.count}, isSessionReused() true ${n.resumed} times`)
+  const w = await runPinned(
+    LOAD_CORE,
+    'wrk',
+    ['-t1', '-c4', '-d1s', '-H', 'Connection: close', `https://localhost:${port}/`],
+    20_000,
+  )
+  seen(
+    "wrk -H 'Connection: close' (not used for handshakes)",
+    ` (${/(\d+) requests/.exec(w.stdout)?.[1] ?? '?'} requests)`,
+  )
+  await new Promise<void>((r) => server.close(() => r()))
+  return lines
+}
+
+// --- figures 1, 2, 3, 7 ----------------------------------------------------------------------------------------
+
+type Metric = 'ka-small' | 'ka-16k' | 'ka-1m' | 'h2' | 'hs-ecdsa' | 'hs-rsa'
+const results = new Map<string, Map<Metric, LoadResult[]>>()
+const tlsInfo = new Map<string, Running['tls']>()
+const peakRss = new Map<string, number[]>()
+
+function record(peer: string, metric: Metric, r: LoadResult): void {
+  const byMetric = results.get(peer) ?? new Map<Metric, LoadResult[]>()
+  results.set(peer, byMetric)
+  byMetric.set(metric, [...(byMetric.get(metric) ?? []), r])
+  const warn = r.errors > 0 ? ` (${r.errors} errors)` : ''
+  log(
+    `  ${peer} ${metric}: ${fmt(r.rate)}/s, ${fmt(r.cpuPerOpUs)} µs CPU/op, p99 ${r.p99Ms ?? '–'} ms, RSS ${mib(r.peakRss)} MiB${warn}`,
+  )
+}
+
+async function proxyRounds(ecdsa: CertFiles, rsa: CertFiles, upstreamPort: number): Promise<void> {
+  for (let round = 0; round < R; round++) {
+    // Rotate the order so that no peer always runs first (or right after the same neighbour).
+    const order = PEER_IDS.map((_, i) => PEER_IDS[(i + round) % PEER_IDS.length]!)
+    for (const id of order) {
+      const peer = PEERS[id]
+      if (!peer) throw new Error(`unknown peer ${id}`)
+      log(`round ${round + 1}/${R}: ${peer.name} (load average ${loadAverage()})`)
+      const dir = join(work, `${id}-${round}`)
+      const running = await peer.start({ dir, upstreamPort, cert: ecdsa })
+      tlsInfo.set(peer.name, running.tls)
+      try {
+        const url = (path: string) => `https://localhost:${running.port}/${path}`
+        // Warm-up: JIT for the Node peers, upstream connection pools for everyone.
+        await wrk(running.pid, { url: url('small'), seconds: WARMUP, connections: KA_CONNECTIONS })
+        const rss: number[] = []
+        for (const body of ['small', '16k', '1m'] as const) {
+          const r = await wrk(running.pid, { url: url(body), seconds: D, connections: KA_CONNECTIONS })
+          record(peer.name, `ka-${body}`, r)
+          rss.push(r.peakRss)
+        }
+        peakRss.get(peer.name)?.push(Math.max(...rss)) ?? peakRss.set(peer.name, [Math.max(...rss)])
+        record(peer.name, 'h2', await h2load(running.pid, { url: url('small'), seconds: D, ...H2 }))
+        record(
+          peer.name,
+          'hs-ecdsa',
+          await newConnections(running.pid, { url: url('small'), seconds: D, batch: HS_BATCH }),
+        )
+      } finally {
+        await running.stop()
+      }
+      const withRsa = await peer.start({ dir: `${dir}-rsa`, upstreamPort, cert: rsa })
+      try {
+        const url = `https://localhost:${withRsa.port}/small`
+        await wrk(withRsa.pid, { url, seconds: WARMUP, connections: KA_CONNECTIONS })
+        await newConnections(withRsa.pid, { url, seconds: 1, batch: HS_BATCH })
+        record(peer.name, 'hs-rsa', await newConnections(withRsa.pid, { url, seconds: D, batch: HS_BATCH }))
+      } finally {
+        await withRsa.stop()
+      }
+    }
+  }
+}
+
+function peerRows(metric: Metric, columns: Array<[string, (runs: LoadResult[], peer: string) => string]>): string[][] {
+  const rows: string[][] = []
+  for (const id of PEER_IDS) {
+    const name = PEERS[id]!.name
+    const runs = results.get(name)?.get(metric) ?? []
+    rows.push([name, ...columns.map(([, f]) => f(runs, name))])
+  }
+  return rows
+}
+
+const med = (runs: LoadResult[], pick: (r: LoadResult) => number | undefined): number =>
+  median(runs.map((r) => pick(r) ?? Number.NaN))
+const ref = (peer: string, metric: Metric, pick: (r: LoadResult) => number | undefined): number =>
+  med(results.get(PEERS[peer]?.name ?? '')?.get(metric) ?? [], pick)
+const vs = (metric: Metric, pick: (r: LoadResult) => number | undefined, peer: string) => (runs: LoadResult[]) =>
+  ratio(med(runs, pick), ref(peer, metric, pick))
+
+function proxyTables(): void {
+  const rate = (r: LoadResult) => r.rate
+  const perCore = (r: LoadResult) => r.perCore
+  const cpu = (r: LoadResult) => r.cpuPerOpUs
+  const values = (runs: LoadResult[], pick: (r: LoadResult) => number | undefined, digits = 0) =>
+    withSpread(
+      runs.map((r) => pick(r) ?? Number.NaN),
+      digits,
+    )
+
+  print('### 1. HTTPS keep-alive (HTTP/1.1, wrk -t1 -c64), small body (64 B)')
+  print()
+  print(
+    table(
+      [
+        'proxy',
+        'req/s',
+        'p50 ms',
+        'p99 ms',
+        'CPU µs/req',
+        'req/s per core',
+        'per core ×nginx',
+        'per core ×Caddy',
+        'req/s ×nginx',
+        'req/s ×Caddy',
+      ],
+      peerRows('ka-small', [
+        ['', (r) => values(r, rate)],
+        [
+          '',
+          (r) =>
+            fmt(
+              med(r, (x) => x.p50Ms),
+              2,
+            ),
+        ],
+        [
+          '',
+          (r) =>
+            fmt(
+              med(r, (x) => x.p99Ms),
+              2,
+            ),
+        ],
+        ['', (r) => values(r, cpu)],
+        ['', (r) => values(r, perCore)],
+        ['', vs('ka-small', perCore, 'nginx')],
+        ['', vs('ka-small', perCore, 'caddy')],
+        ['', vs('ka-small', rate, 'nginx')],
+        ['', vs('ka-small', rate, 'caddy')],
+      ]),
+    ),
+  )
+  print()
+  for (const [body, label] of [
+    ['16k', '16 KiB'],
+    ['1m', '1 MiB'],
+  ] as const) {
+    const metric: Metric = `ka-${body}`
+    const mbs = (r: LoadResult) => (r.bytesPerSec ?? Number.NaN) / 2 ** 20
+    const mbPerCore = (r: LoadResult) => (r.cpu > 0 ? ((r.bytesPerSec ?? 0) * r.seconds) / 2 ** 20 / r.cpu : Number.NaN)
+    print(`### 1. HTTPS keep-alive, ${label} body`)
+    print()
+    print(
+      table(
+        [
+          'proxy',
+          'req/s',
+          'MB/s',
+          'p50 ms',
+          'p99 ms',
+          'CPU µs/req',
+          'MB/s per core',
+          'per core ×nginx',
+          'per core ×Caddy',
+          'MB/s ×nginx',
+          'MB/s ×Caddy',
+        ],
+        peerRows(metric, [
+          ['', (r) => values(r, rate)],
+          ['', (r) => values(r, mbs, 1)],
+          [
+            '',
+            (r) =>
+              fmt(
+                med(r, (x) => x.p50Ms),
+                2,
+              ),
+          ],
+          [
+            '',
+            (r) =>
+              fmt(
+                med(r, (x) => x.p99Ms),
+                2,
+              ),
+          ],
+          ['', (r) => values(r, cpu)],
+          ['', (r) => values(r, mbPerCore, 1)],
+          ['', vs(metric, mbPerCore, 'nginx')],
+          ['', vs(metric, mbPerCore, 'caddy')],
+          ['', vs(metric, mbs, 'nginx')],
+          ['', vs(metric, mbs, 'caddy')],
+        ]),
+      ),
+    )
+    print()
+  }
+  print(`### 2. HTTP/2 (h2load -t1 -c${H2.connections} -m${H2.streams}), small body`)
+  print()
+  print(
+    table(
+      [
+        'proxy',
+        'req/s',
+        'CPU µs/req',
+        'req/s per core',
+        'req/s ×nginx',
+        'req/s ×Caddy',
+        'per core ×nginx',
+        'per core ×Caddy',
+      ],
+      peerRows('h2', [
+        ['', (r) => values(r, rate)],
+        ['', (r) => values(r, cpu)],
+        ['', (r) => values(r, perCore)],
+        ['', vs('h2', rate, 'nginx')],
+        ['', vs('h2', rate, 'caddy')],
+        ['', vs('h2', perCore, 'nginx')],
+        ['', vs('h2', perCore, 'caddy')],
+      ]),
+    ),
+  )
+  print()
+  // CPU per handshake: a new connection's CPU minus that of one keep-alive request (same peer, same run).
+  const handshakeOnly = (peer: string) => (runs: LoadResult[]) => med(runs, cpu) - ref(peer, 'ka-small', cpu)
+  print(`### 3. Full TLS handshakes (h2load --h1, batches of ${HS_BATCH} new connections, one request each), TLS 1.3`)
+  print()
+  const rows: string[][] = []
+  const nginxHs = (m: Metric) => ref('nginx', m, cpu) - ref('nginx', 'ka-small', cpu)
+  const caddyHs = (m: Metric) => ref('caddy', m, cpu) - ref('caddy', 'ka-small', cpu)
+  for (const id of PEER_IDS) {
+    const name = PEERS[id]!.name
+    const row = [name]
+    for (const m of ['hs-ecdsa', 'hs-rsa'] as const) {
+      const runs = results.get(name)?.get(m) ?? []
+      const hsOnly = handshakeOnly(id)(runs)
+      row.push(
+        withSpread(runs.map(rate)),
+        withSpread(runs.map(cpu)),
+        fmt(hsOnly),
+        ratio(hsOnly, nginxHs(m)),
+        ratio(hsOnly, caddyHs(m)),
+      )
+    }
+    rows.push(row)
+  }
+  print(
+    table(
+      [
+        'proxy',
+        'ECDSA conn/s',
+        'CPU µs/conn',
+        'CPU µs/handshake',
+        'handshake CPU ×nginx',
+        '×Caddy',
+        'RSA conn/s',
+        'CPU µs/conn',
+        'CPU µs/handshake',
+        'handshake CPU ×nginx',
+        '×Caddy',
+      ],
+      rows,
+    ),
+  )
+  print()
+  print('CPU µs/handshake = CPU per new connection (handshake + one proxied request) − CPU per keep-alive request.')
+  print()
+  print('### 7. Peak RSS during the keep-alive runs, and what was negotiated')
+  print()
+  print(
+    table(
+      ['proxy', 'peak RSS MiB', 'RSS ×nginx', 'TLS', 'cipher', 'ALPN'],
+      PEER_IDS.map((id) => {
+        const name = PEERS[id]!.name
+        const v = peakRss.get(name) ?? []
+        const tls = tlsInfo.get(name)
+        return [
+          name,
+          withSpread(
+            v.map((b) => b / 2 ** 20),
+            1,
+          ),
+          ratio(median(v), median(peakRss.get('nginx') ?? [])),
+          tls?.protocol ?? '–',
+          tls?.cipher ?? '–',
+          tls?.alpn ?? '–',
+        ]
+      }),
+    ),
+  )
+  print()
+}
+
+// --- figure 4: the ClientHello peek ----------------------------------------------------------------------------
+
+async function peekRuns(store: string, directoryUrl: string): Promise<void> {
+  const server = await startAcmeServer({ store, directoryUrl, names: 1, suffix: STORE_SUFFIX, load: 'plugin' })
+  const off: LoadResult[] = []
+  const on: LoadResult[] = []
+  try {
+    const run = () =>
+      handshakes(server.pid, {
+        port: server.port,
+        seconds: D,
+        concurrency: HS_CLIENT_CONCURRENCY,
+        servername: `n0.${STORE_SUFFIX}`,
+      })
+    await run() // warm-up
+    // Alternate, so that drift in the machine's load hits both variants alike.
+    for (let i = 0; i < Math.max(R, 2); i++) {
+      for (const peek of i % 2 === 0 ? [false, true] : [true, false]) {
+        const state = await server.peek(peek)
+        const r = await run()
+        ;(peek ? on : off).push(r)
+        log(
+          `  peek ${peek ? 'on ' : 'off'} (${state.stats.peeked} peeked so far): ${fmt(r.rate)}/s, ${fmt(r.cpuPerOpUs)} µs CPU/handshake, resumed ${(r as { resumed?: number }).resumed}`,
+        )
+      }
+    }
+  } finally {
+    await server.stop()
+  }
+  raw['peek'] = { off, on }
+  const cpu = (runs: LoadResult[]) => runs.map((r) => r.cpuPerOpUs)
+  print('### 4. The TLS-ALPN-01 ClientHello peek (Node handshake client, no request, SNI fixed)')
+  print()
+  print(
+    table(
+      ['server', 'handshakes/s', 'CPU µs/handshake', 'CPU ×without'],
+      [
+        [
+          'acmeServerFactory, no challenge pending (no peek)',
+          withSpread(off.map((r) => r.rate)),
+          withSpread(cpu(off)),
+          '1.00×',
+        ],
+        [
+          'same, a challenge pending (every ClientHello peeked)',
+          withSpread(on.map((r) => r.rate)),
+          withSpread(cpu(on)),
+          ratio(median(cpu(on)), median(cpu(off))),
+        ],
+      ],
+    ),
+  )
+  print()
+}
+
+// --- figure 5: SNI scale ---------------------------------------------------------------------------------------
+
+async function sniRuns(storeRoot: string): Promise<void> {
+  const max = Math.max(...SNI_SCALES)
+  const store = ensureStore(storeRoot, max, log)
+  if (store.generatedSeconds > 0) log(`store: generated in ${store.generatedSeconds.toFixed(1)} s`)
+  const rows: string[][] = []
+  const startRows: string[][] = []
+  let base = Number.NaN
+  let baseRss = Number.NaN
+  const all: unknown[] = []
+  for (const n of SNI_SCALES) {
+    const load = n > 10_000 ? 'storage' : 'plugin'
+    log(`sni: ${fmt(n)} names (load: ${load})`)
+    const server = await startAcmeServer({
+      store: store.root,
+      directoryUrl: store.directoryUrl,
+      names: n,
+      suffix: STORE_SUFFIX,
+      load,
+    })
+    try {
+      const idle = await server.stats()
+      if (n === 1) baseRss = idle.rss
+      // Warm: SNI random over names whose contexts exist (all of them up to 1,000).
+      const warmCount = Math.min(n, 1000)
+      const pre = await server.prewarm(warmCount)
+      const afterPrewarm = await server.stats()
+      const run = (names: number) =>
+        handshakes(server.pid, {
+          port: server.port,
+          seconds: D,
+          concurrency: HS_CLIENT_CONCURRENCY,
+          servername: `n0.${STORE_SUFFIX}`,
+          names,
+          suffix: STORE_SUFFIX,
+        })
+      await run(warmCount)
+      const warm: LoadResult[] = []
+      for (let i = 0; i < Math.max(2, R - 1); i++) warm.push(await run(warmCount))
+      const warmCpu = median(warm.map((r) => r.cpuPerOpUs))
+      if (n === 1) base = warmCpu
+      // Random over all names: first contacts build their context during the handshake.
+      let cold: LoadResult | undefined
+      let coldBuilt = 0
+      if (n > warmCount) {
+        const before = (await server.stats()).resolver.contextsBuilt
+        cold = await run(n)
+        coldBuilt = (await server.stats()).resolver.contextsBuilt - before
+      }
+      const perCertIdle = n > 1 ? (idle.rss - baseRss) / (n - 1) : Number.NaN
+      const perContext = warmCount > 1 ? (afterPrewarm.rss - idle.rss) / warmCount : Number.NaN
+      all.push({
+        n,
+        load,
+        idle,
+        afterPrewarm,
+        pre,
+        warm,
+        cold,
+        coldBuilt,
+        spawnToServeMs: server.spawnToServeMs,
+        loadedMs: server.loadedMs,
+      })
+      rows.push([
+        fmt(n),
+        withSpread(warm.map((r) => r.cpuPerOpUs)),
+        ratio(warmCpu, base),
+        cold ? fmt(cold.cpuPerOpUs) : '–',
+        cold ? `${fmt((coldBuilt / Math.max(1, cold.count)) * 100)}%` : '–',
+        cold ? ratio(cold.cpuPerOpUs, base) : '–',
+        mib(idle.rss),
+        Number.isFinite(perCertIdle) ? fmt(perCertIdle / 1024, 1) : '–',
+        Number.isFinite(perContext) ? fmt(perContext / 1024, 1) : '–',
+        fmt((pre.ms * 1000) / Math.max(1, pre.built)),
+      ])
+      startRows.push([
+        fmt(n),
+        load === 'plugin' ? 'plugin (manager.load)' : 'storage → resolver (no checks)',
+        fmt(server.loadedMs),
+        fmt(server.spawnToServeMs),
+      ])
+      log(
+        `  ${fmt(n)} names: loaded in ${fmt(server.loadedMs)} ms, serving ${fmt(server.spawnToServeMs)} ms after spawn; warm ${fmt(warmCpu)} µs/hs; RSS ${mib(idle.rss)} MiB`,
+      )
+    } finally {
+      await server.stop()
+    }
+  }
+  raw['sni'] = all
+  print(
+    '### 5. SNI scale: managed names cached in a FileStorage store (Node handshake client, SNI random per connection)',
+  )
+  print()
+  print(
+    table(
+      [
+        'names',
+        'CPU µs/handshake, warm',
+        '×1 name',
+        'CPU µs/handshake, random over all',
+        'of which first contacts',
+        '×1 name',
+        'idle RSS MiB',
+        'KiB RSS per idle cert',
+        'KiB RSS per built context',
+        'µs to build a context',
+      ],
+      rows,
+    ),
+  )
+  print()
+  print(
+    'warm: SNI random over the names whose secure context exists (all names up to 1,000; built beforehand, as earlier handshakes would). random over all: SNI random over every name, so most handshakes at 10,000+ names are a first contact that builds the context (lazy contexts).',
+  )
+  print()
+  print('### 5. Start-up with cached certificates')
+  print()
+  print(
+    table(
+      ['names', 'load path', 'create app → listening, ms', 'process spawn → first handshake served, ms'],
+      startRows,
+    ),
+  )
+  print()
+}
+
+// --- figure 6: issuance against Pebble -------------------------------------------------------------------------
+
+async function issuanceRuns(upstreamPort: number): Promise<void> {
+  const rows: string[][] = []
+  const all: unknown[] = []
+  for (const count of QUICK ? [1, 20] : [1, 100]) {
+    const pebble = await startPebble()
+    const suffix = `run${Date.now() % 100000}.issue.bench.test`
+    const dir = join(work, `issue-${count}`)
+    await mkdir(dir, { recursive: true })
+    await writeFile(join(dir, 'pebble-ca.pem'), pebble.caBundle)
+    const script = fileURLToPath(new URL('./servers/proxy-acme.ts', import.meta.url))
+    const t0 = performance.now()
+    const child = startPinned(
+      PROXY_CORE,
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '--conditions=source',
+        script,
+        `--port=${pebble.tlsPort}`,
+        `--directory=${pebble.directoryUrl}`,
+        `--ca=${join(dir, 'pebble-ca.pem')}`,
+        `--cache=${join(dir, 'cache')}`,
+        `--names=${count}`,
+        `--suffix=${suffix}`,
+        `--upstream=http://127.0.0.1:${upstreamPort}`,
+      ],
+      { keepOutput: false },
+    )
+    try {
+      // The first certificate served, as a client sees it: poll handshakes for the first name.
+      let firstServedMs = Number.NaN
+      const deadline = Date.now() + 120_000
+      while (Date.now() < deadline && child.proc.exitCode === null) {
+        const ok = await new Promise<boolean>((resolve) => {
+          const s = connectTls(pebble.tlsPort, `i0.${suffix}`)
+          s.setTimeout(2000, () => s.destroy())
+          s.once('secureConnect', () => {
+            s.end()
+            resolve(true)
+          })
+          s.once('error', () => resolve(false))
+          s.once('close', () => resolve(false))
+        })
+        if (ok) {
+          firstServedMs = performance.now() - t0
+          break
+        }
+        await new Promise((r) => setTimeout(r, 10))
+      }
+      let done: Record<string, number> | undefined
+      while (Date.now() < deadline && !done) {
+        const line = child
+          .output()
+          .split('\n')
+          .find((l) => l.startsWith('{"done"'))
+        if (line) done = JSON.parse(line) as Record<string, number>
+        else await new Promise((r) => setTimeout(r, 50))
+      }
+      if (!done) throw new Error(`issuance of ${count} names did not finish:\n${child.output().slice(-3000)}`)
+      const cpu = cpuSeconds(child.pid)
+      all.push({ count, firstServedMs, done, cpu })
+      rows.push([
+        fmt(count),
+        fmt(firstServedMs),
+        fmt(done['firstMs'] ?? Number.NaN),
+        fmt(done['allMs'] ?? Number.NaN),
+        fmt(cpu, 2),
+        fmt(((done['cpuSeconds'] ?? Number.NaN) * 1000) / count),
+      ])
+      log(
+        `  issuance of ${count}: first served ${fmt(firstServedMs)} ms after spawn; all in ${fmt(done['allMs'] ?? 0)} ms; CPU ${fmt(cpu, 2)} s`,
+      )
+    } finally {
+      await child.stop()
+      await pebble.stop()
+    }
+  }
+  raw['issue'] = all
+  print('### 6. Issuance against the local Pebble (PEBBLE_VA_NOSLEEP=1, TLS-ALPN-01 on the proxy port, concurrency 8)')
+  print()
+  print(
+    table(
+      [
+        'names',
+        'spawn → first certificate served, ms',
+        'in-process start → first certificate, ms',
+        'in-process start → all certificates, ms',
+        'proxy CPU s (whole process)',
+        'CPU ms per name',
+      ],
+      rows,
+    ),
+  )
+  print()
+}
+
+function connectTls(port: number, servername: string) {
+  return tlsConnect({ host: '127.0.0.1', port, servername, rejectUnauthorized: false })
+}
+
+// --- main ------------------------------------------------------------------------------------------------------
+
+const info = machineInfo()
+print(`## Run of ${new Date().toISOString()}`)
+print()
+print(
+  `Machine: ${info.cpu}, ${info.cores} cores, ${info.memory}; ${info.os}, Linux ${info.kernel}; Node ${info.node} (OpenSSL ${info.openssl}).`,
+)
+print(
+  `Peers: nginx ${info.tools['nginx']}, HAProxy ${info.tools['haproxy']}, Caddy ${info.tools['caddy']}; load: ${info.tools['wrk']}, ${info.tools['h2load']}; Pebble ${info.tools['pebble']}.`,
+)
+print(
+  `Method: proxy pinned to core ${PROXY_CORE}; load generator and upstream (nginx, static files) pinned to core ${LOAD_CORE}; ${D} s per measurement after a warm-up; ${R} round(s), peers in rotating order; medians ±half the min–max range.`,
+)
+print(`Load average at start: ${loadAtStart}.`)
+print()
+
+const ecdsa = await makeCertFiles(work, 'ecdsa')
+const rsa = await makeCertFiles(work, 'rsa')
+const upstream = await startUpstream(join(work, 'upstream'))
+try {
+  print('Full handshakes, checked against a Node HTTPS server that issues session tickets:')
+  print()
+  for (const line of await verifyFullHandshakes(ecdsa)) print(`- ${line}`)
+  print()
+  if (SECTIONS.has('proxy')) {
+    await proxyRounds(ecdsa, rsa, upstream.port)
+    proxyTables()
+    raw['proxy'] = Object.fromEntries([...results].map(([k, v]) => [k, Object.fromEntries(v)]))
+  }
+  const storeRoot = join(cacheRoot, 'store')
+  if (SECTIONS.has('peek')) {
+    const store = ensureStore(storeRoot, 1, log)
+    await peekRuns(store.root, store.directoryUrl)
+  }
+  if (SECTIONS.has('sni')) await sniRuns(storeRoot)
+  if (SECTIONS.has('issue')) await issuanceRuns(upstream.port)
+} finally {
+  await upstream.stop()
+}
+print(`Load average at end: ${loadAverage()}. Total time ${fmt((Date.now() - started) / 1000)} s.`)
+
+const resultsDir = join(cacheRoot, 'results')
+await mkdir(resultsDir, { recursive: true })
+const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+await writeFile(join(resultsDir, `${stamp}.md`), `${out.join('\n')}\n`)
+await writeFile(join(resultsDir, `${stamp}.json`), JSON.stringify({ info, flags, loadAtStart, raw }, null, 1))
+log(`saved ${join(resultsDir, stamp)}.md and .json`)
+await rm(work, { recursive: true, force: true })

@@ -1,0 +1,27 @@
+// Peer: @autotls/proxy-preset with a manual certificate file for `localhost` and one route to the upstream, with
+// the preset's defaults otherwise (HTTP/2 with HTTP/1.1 fallback, its default logger at info level: stdout goes to
+// /dev/null in the benchmark). `--logger=false` turns the logger off.
+//
+//   node --import tsx --conditions=source bench/servers/proxy-preset.ts --port=8443 --upstream=URL --cert=C --key=K
+import { parseArgs } from 'node:util'
+import { startProxy } from '@autotls/proxy-preset'
+
+const { values } = parseArgs({
+  options: {
+    port: { type: 'string' },
+    upstream: { type: 'string' },
+    cert: { type: 'string' },
+    key: { type: 'string' },
+    logger: { type: 'string' },
+  },
+})
+
+const proxy = await startProxy({
+  ...(values.logger === 'false' ? { logger: false } : {}),
+  https: { host: '127.0.0.1', port: Number(values.port) },
+  http: false,
+  certificates: [{ cert: values.cert!, key: values.key!, hosts: ['localhost'] }],
+  routes: [{ host: 'localhost', upstream: values.upstream! }],
+  shutdown: { signals: ['SIGTERM'], graceMs: 1000 },
+})
+void proxy
