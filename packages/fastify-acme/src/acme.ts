@@ -9,6 +9,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { generateKeyPair } from 'node:crypto'
 import { Agent } from 'node:https'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { createSecureContext, rootCertificates } from 'node:tls'
 import * as acme from 'acme-client'
 import type { ChallengeType, KeyType } from './options.js'
@@ -23,6 +24,8 @@ export class AcmeCallError extends Error {
   readonly networkCode: string | undefined
   /** True when the failure was a challenge validation (counts against the CA's failed-validation limit). */
   readonly validation: boolean
+  /** The challenge type that was being validated, when the failure is a validation. */
+  challengeType: ChallengeType | undefined
 
   constructor(message: string, info: CallInfo, validation: boolean, cause: unknown) {
     super(message, { cause })
@@ -44,12 +47,18 @@ interface CallInfo {
   problemType?: string | undefined
   retryAfterMs?: number | undefined
   networkCode?: string | undefined
+  networkMessage?: string | undefined
 }
 
 interface CallContext {
   signal: AbortSignal
   info: CallInfo
+  /** The per-request timeout of the last request, to tell a timeout from other failures. */
+  requestTimeout?: AbortSignal
 }
+
+/** One request to the CA gives up after this (the whole order has its own, longer timeout). */
+const REQUEST_TIMEOUT_MS = 30_000
 
 const als = new AsyncLocalStorage<CallContext>()
 const extraRoots = new Set<string>()
@@ -64,9 +73,31 @@ export function parseRetryAfter(value: unknown, now = Date.now()): number | unde
   return Number.isNaN(at) ? undefined : Math.max(0, at - now)
 }
 
+/**
+ * The HTTPS agent for the CA. acme-client's interceptor loses network errors when its retries are off (it throws a
+ * TypeError instead), so the socket's own error is recorded in the current call's context here.
+ */
+class CaAgent extends Agent {
+  override createConnection(...args: Parameters<Agent['createConnection']>): ReturnType<Agent['createConnection']> {
+    const socket = super.createConnection(...args)
+    const ctx = als.getStore()
+    socket?.once('error', (err: NodeJS.ErrnoException) => {
+      if (ctx) ctx.info = { ...ctx.info, networkCode: err.code ?? 'ENETWORK', networkMessage: err.message }
+    })
+    return socket
+  }
+}
+
+function installAgent(): void {
+  // One secure context built once: passing `ca` instead would parse every root again for each new connection.
+  const secureContext = createSecureContext({ ca: [...rootCertificates, ...extraRoots] })
+  acme.axios.defaults.httpsAgent = new CaAgent({ secureContext, keepAlive: true })
+}
+
 function hookAxios(): void {
   if (hooked) return
   hooked = true
+  installAgent()
   const instance = acme.axios
   const settings = (instance.defaults as unknown as { acmeSettings: Record<string, number> }).acmeSettings
   const defaultAttempts = settings['retryMaxAttempts'] ?? 5
@@ -80,8 +111,8 @@ function hookAxios(): void {
     const ctx = als.getStore()
     if (ctx) {
       ctx.signal.throwIfAborted()
-      config.signal = ctx.signal
-      config.timeout = config.timeout || 30_000
+      ctx.requestTimeout = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
+      config.signal = AbortSignal.any([ctx.signal, ctx.requestTimeout])
     }
     return config
   })
@@ -98,9 +129,11 @@ function hookAxios(): void {
       }
       return response
     },
-    (error: { code?: string; response?: { status: number } }) => {
+    (error: { code?: string; message?: string; response?: { status: number } }) => {
       const ctx = als.getStore()
-      if (ctx && !error.response) ctx.info = { networkCode: error.code ?? 'ENETWORK' }
+      if (ctx && !error.response && ctx.info.networkCode === undefined && typeof error.code === 'string') {
+        ctx.info = { networkCode: error.code, networkMessage: error.message }
+      }
       return Promise.reject(error)
     },
   )
@@ -115,11 +148,8 @@ export function trustRoots(pems: string[]): void {
       changed = true
     }
   }
-  if (!changed) return
   // One agent for the shared axios instance: the system roots plus every extra root registered so far.
-  // One secure context built once: passing `ca` instead would parse every root again for each new connection.
-  const secureContext = createSecureContext({ ca: [...rootCertificates, ...extraRoots] })
-  acme.axios.defaults.httpsAgent = new Agent({ secureContext, keepAlive: true })
+  if (changed && hooked) installAgent()
 }
 
 /** Runs one CA exchange with our signal and error capture; turns failures into AcmeCallError. */
@@ -134,6 +164,12 @@ async function call<T>(signal: AbortSignal, what: string, fn: () => Promise<T>, 
       if (signal.aborted) throw signal.reason
       if (err instanceof AcmeCallError) throw err
       let message = err instanceof Error ? err.message : String(err)
+      if (ctx.info.networkCode === undefined && ctx.requestTimeout?.aborted) {
+        ctx.info = { networkCode: 'ETIMEDOUT', networkMessage: `no answer from the CA within ${REQUEST_TIMEOUT_MS} ms` }
+      }
+      if (ctx.info.networkCode !== undefined && ctx.info.status === undefined) {
+        message = `${ctx.info.networkCode}: ${ctx.info.networkMessage ?? 'network error'}`
+      }
       // acme-client reports an invalid authorization as its whole JSON; keep the challenge's problem only.
       const problem = challengeProblem(message)
       if (problem) {
@@ -214,10 +250,8 @@ function makeClient(
     accountKey: keyPem,
     ...(accountUrl ? { accountUrl } : {}),
     ...(eab ? { externalAccountBinding: eab } : {}),
-    // Poll quickly at first and never sleep long inside the library: close() must not wait on its timers.
-    backoffAttempts: 40,
-    backoffMin: 250,
-    backoffMax: 2000,
+    // One status check per call: we poll ourselves (pollUntilValid) so that close() can cut a wait short.
+    backoffAttempts: 1,
   })
   // badNonce is normal (nonces expire, CAs reject some on purpose); acme-client's 5 retries per request make a
   // 10-request order fail a few % of the time at high rejection rates.
@@ -247,6 +281,37 @@ export async function createAccount(params: AccountParams, existingKeyPem?: stri
     url: client.getAccountUrl(),
     contact: params.contact,
     createdAt: new Date().toISOString(),
+  }
+}
+
+const DEACTIVATE_TIMEOUT_MS = 3_000
+const POLL_MIN_MS = 250
+const POLL_MAX_MS = 2_000
+const PENDING = 'Operation is pending or processing'
+
+/**
+ * Polls an authorization or order until it is valid (or invalid: a CA verdict, thrown as such). The waits between
+ * polls (250 ms doubling to 2 s, or the CA's Retry-After when shorter than 10 s) end at once when `signal` aborts,
+ * so nothing of ours outlives close(). The order's own timeout bounds the whole wait.
+ */
+async function pollUntilValid<T extends acme.Order | acme.Authorization>(
+  signal: AbortSignal,
+  what: string,
+  client: acme.Client,
+  item: T,
+  validation = false,
+): Promise<T> {
+  let delay = POLL_MIN_MS
+  for (;;) {
+    try {
+      return await call(signal, what, () => client.waitForValidStatus(item), validation)
+    } catch (err) {
+      if (!(err instanceof AcmeCallError) || !err.message.endsWith(PENDING)) throw err
+      const wait =
+        err.retryAfterMs !== undefined && err.retryAfterMs < 10_000 ? Math.max(err.retryAfterMs, delay) : delay
+      await sleep(wait, undefined, { signal })
+      delay = Math.min(POLL_MAX_MS, delay * 2)
+    }
   }
 }
 
@@ -302,7 +367,9 @@ export async function orderCertificate(p: OrderParams): Promise<IssuedCertificat
         .filter((authz) => authz.status === 'pending')
         .map(async (authz) => {
           try {
-            await call(p.signal, 'deactivate authorization', () => client.deactivateAuthorization(authz))
+            // Its own short deadline: this also runs when the order was cut short by close().
+            const signal = AbortSignal.timeout(DEACTIVATE_TIMEOUT_MS)
+            await call(signal, 'deactivate authorization', () => client.deactivateAuthorization(authz))
             p.log('authorization deactivated', { name: authz.identifier.value })
           } catch {}
         }),
@@ -313,7 +380,8 @@ export async function orderCertificate(p: OrderParams): Promise<IssuedCertificat
   const [, csr] = await acme.crypto.createCsr({ commonName: p.name, altNames: [p.name] }, keyPem)
   p.log('finalizing order', { orderUrl: order.url })
   const finalized = await call(p.signal, 'finalize', () => client.finalizeOrder(order, csr))
-  const chainPem = await call(p.signal, 'certificate download', () => client.getCertificate(finalized))
+  const valid = finalized.status === 'valid' ? finalized : await pollUntilValid(p.signal, 'order', client, finalized)
+  const chainPem = await call(p.signal, 'certificate download', () => client.getCertificate(valid))
   return { keyPem, chainPem, orderUrl: order.url }
 }
 
@@ -341,7 +409,12 @@ async function completeAuthorization(client: acme.Client, authz: acme.Authorizat
   p.log('challenge presented', { name, type })
   try {
     await call(p.signal, `${type} challenge for ${name}`, () => client.completeChallenge(challenge))
-    await call(p.signal, `${type} validation for ${name}`, () => client.waitForValidStatus(authz), true)
+    try {
+      await pollUntilValid(p.signal, `${type} validation for ${name}`, client, authz, true)
+    } catch (err) {
+      if (err instanceof AcmeCallError && err.validation) err.challengeType = type
+      throw err
+    }
     p.log('authorization valid', { name, type })
   } finally {
     p.remove(presented)

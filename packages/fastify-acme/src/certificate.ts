@@ -1,6 +1,6 @@
 // Reading and checking certificates: the stored record for one name, and the checks every pair passes before it
 // is served (parses, key matches, names covered). Uses node:crypto's X509Certificate only.
-import { createPrivateKey, X509Certificate } from 'node:crypto'
+import { createHash, createPrivateKey, X509Certificate } from 'node:crypto'
 import { ERR_BAD_CERTIFICATE } from './errors.js'
 
 /** What we store per managed name: key and chain together in one file, so they can never be half-written. */
@@ -15,6 +15,13 @@ export interface CertificateRecord {
   issuer: string
   issuedAt: string
   orderUrl?: string
+  /** recordDigest(keyPem, chainPem) when written: finds a file damaged on disk that still parses. */
+  digest?: string
+}
+
+/** SHA-256 over the key and the chain, stored in the record and checked when it is read back. */
+export function recordDigest(keyPem: string, chainPem: string): string {
+  return createHash('sha256').update(keyPem).update('\0').update(chainPem).digest('hex')
 }
 
 export interface CertificateInfo {
@@ -77,11 +84,21 @@ export function checkPair(name: string, keyPem: string, chainPem: string): Certi
   if (name !== '' && !info.subjectAltNames.includes(name) && !info.leaf.checkHost(name)) {
     throw new ERR_BAD_CERTIFICATE(name, `the certificate does not cover ${name}`)
   }
+  const chain = [info.leaf]
   for (const pem of splitChain(chainPem).slice(1)) {
     try {
-      new X509Certificate(pem)
+      chain.push(new X509Certificate(pem))
     } catch (err) {
       throw new ERR_BAD_CERTIFICATE(name, `a chain certificate does not parse: ${(err as Error).message}`)
+    }
+  }
+  // A damaged signature still parses and still matches the key; every client would refuse the chain, so check each
+  // link whose issuer is the next certificate (chains sent out of order are left alone).
+  for (let i = 0; i + 1 < chain.length; i++) {
+    const cert = chain[i]!
+    const issuer = chain[i + 1]!
+    if (cert.checkIssued(issuer) && !cert.verify(issuer.publicKey)) {
+      throw new ERR_BAD_CERTIFICATE(name, `certificate ${i} of the chain is not validly signed by the next one`)
     }
   }
   return info
@@ -95,6 +112,7 @@ export function parseRecord(raw: Buffer | undefined): CertificateRecord | undefi
     if (typeof value.keyPem !== 'string' || typeof value.chainPem !== 'string' || typeof value.name !== 'string') {
       return undefined
     }
+    if (value.digest !== undefined && value.digest !== recordDigest(value.keyPem, value.chainPem)) return undefined
     return value as CertificateRecord
   } catch {
     return undefined

@@ -11,6 +11,7 @@ import type { CertResolver } from './resolver.js'
 
 export const ACME_TLS_ALPN = 'acme-tls/1'
 export const DEFAULT_PEEK_TIMEOUT_MS = 10_000
+export const CHALLENGE_HANDSHAKE_TIMEOUT_MS = 10_000
 
 type ConnectionListener = (this: TlsServer, socket: Socket) => void
 
@@ -52,6 +53,8 @@ export function installTlsAlpnResponder(
     ALPNProtocols: [ACME_TLS_ALPN],
     SNICallback: resolver.challengeSni,
     minVersion: 'TLSv1.2',
+    // A validator finishes in milliseconds; anything slower is not one and must not hold the port's close().
+    handshakeTimeout: CHALLENGE_HANDSHAKE_TIMEOUT_MS,
     // No session tickets: nothing but the handshake is ever sent on a validation connection.
     secureOptions: constants.SSL_OP_NO_TICKET,
   })

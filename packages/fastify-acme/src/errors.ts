@@ -39,16 +39,6 @@ export const ERR_ORDER_FAILED = createError<[string, string, Cause?]>(
   'fastify-acme: certificate order for %s failed: %s',
   502,
 )
-export const ERR_RATE_LIMITED = createError<[string, string, Cause?]>(
-  'FACME_RATE_LIMITED',
-  'fastify-acme: the CA asked us to wait before ordering for %s again (until %s)',
-  503,
-)
-export const ERR_CA_UNREACHABLE = createError<[string, string, Cause?]>(
-  'FACME_CA_UNREACHABLE',
-  'fastify-acme: the ACME directory %s could not be reached: %s',
-  503,
-)
 export const ERR_STORAGE = createError<[string, string, Cause?]>(
   'FACME_STORAGE',
   'fastify-acme: storage %s failed: %s',

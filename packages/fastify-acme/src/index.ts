@@ -60,7 +60,7 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
   // Cached certificates are served from the first handshake, before any CA contact.
   await manager.load()
   fastify.addHook('onListen', async () => {
-    if (options.issueOnStart) await manager.start()
+    await manager.start()
   })
   fastify.addHook('preClose', async () => {
     await manager.close()

@@ -2,6 +2,7 @@
 // the resolver before any CA contact, decides per name when to act (renewal window, persisted retry state),
 // runs orders with bounded concurrency, a per-name storage lock and an account-wide order budget, stores the
 // result atomically and swaps it into the resolver. Failures are isolated per name.
+import { createPrivateKey } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import {
   ACCOUNT_DOES_NOT_EXIST,
@@ -14,13 +15,13 @@ import {
   orderCertificate,
   trustRoots,
 } from './acme.js'
-import { type CertificateRecord, checkPair, parseRecord } from './certificate.js'
+import { type CertificateRecord, checkPair, parseRecord, recordDigest } from './certificate.js'
 import { ERR_CLOSED, ERR_ORDER_FAILED, ERR_UNKNOWN_NAME } from './errors.js'
 import type { AcmeEventEmitter } from './events.js'
 import { normalizeServerName } from './names.js'
 import type { ChallengeType, Clock, ResolvedOptions } from './options.js'
 import { OrderLimiter } from './rate-limit.js'
-import { nextAttemptDelay, renewalTime } from './renewal.js'
+import { nextAttemptDelay, renewalTime, retryDelay } from './renewal.js'
 import type { CertResolver } from './resolver.js'
 import { Scheduler } from './scheduler.js'
 import { directoryKey, keys, type Storage } from './storage/index.js'
@@ -53,6 +54,10 @@ interface RetryState {
 interface Entry {
   status: NameStatus
   record: CertificateRecord | undefined
+  /** The certificate came from storage at start (reported by a certificate-loaded event in start()). */
+  loaded?: boolean
+  /** Challenge types whose last validation failed for this name: the next attempt tries the others first. */
+  failedTypes: Set<ChallengeType>
   running: Promise<NameStatus> | undefined
   waiters: Array<{ resolve: (s: NameStatus) => void; reject: (e: Error) => void }>
 }
@@ -117,6 +122,7 @@ export class CertificateManager {
         record: undefined,
         running: undefined,
         waiters: [],
+        failedTypes: new Set(),
       })
     }
   }
@@ -150,12 +156,7 @@ export class CertificateManager {
               issuer: info.issuer,
               serial: info.serial,
             })
-            this.#events.emit('certificate-loaded', {
-              name,
-              notAfter: info.notAfter.toISOString(),
-              serial: info.serial,
-              expired,
-            })
+            entry.loaded = true
             this.#log.info(
               { name, notAfter: info.notAfter.toISOString(), serial: info.serial },
               'fastify-acme: cached certificate loaded',
@@ -179,15 +180,30 @@ export class CertificateManager {
     )
   }
 
-  /** Schedules every name: due ones now (in the background), others at their renewal or retry time. */
+  /**
+   * Schedules every name: renewals and retries at their time, missing certificates now (only with `issueOnStart`;
+   * otherwise they wait for issueNow()). Called when the server listens, so listeners registered after the plugin
+   * see the certificate-loaded events.
+   */
   async start(): Promise<void> {
     if (this.#started) return
     this.#started = true
     // RSA key generation takes a few hundred ms: start it now, before the first order needs it.
-    if (this.#o.challenges.includes('tls-alpn-01')) void this.#ensureChallengeKey().catch(() => {})
+    if (this.#o.issueOnStart && this.#o.challenges.includes('tls-alpn-01')) {
+      void this.#ensureChallengeKey().catch(() => {})
+    }
     for (const entry of this.#entries.values()) {
+      const { name, notAfter, serial, state } = entry.status
+      if (entry.loaded && notAfter && serial) {
+        this.#events.emit('certificate-loaded', { name, notAfter, serial, expired: state === 'expired' })
+      }
       const next = entry.status.nextAction
-      if (next && !entry.running) this.#scheduler.schedule(entry.status.name, Date.parse(next.at))
+      if (!next || entry.running) continue
+      if (next.kind === 'issue' && !this.#o.issueOnStart) {
+        delete entry.status.nextAction
+        continue
+      }
+      this.#scheduler.schedule(name, Date.parse(next.at))
     }
   }
 
@@ -301,12 +317,15 @@ export class CertificateManager {
     const signal = this.#abort.signal
     await this.#acquireSlot()
     let unlock: (() => Promise<void>) | undefined
+    let priorState: Buffer | undefined
+    let marked = false
     try {
       signal.throwIfAborted()
       unlock = await this.#storage.lock(keys.orderLock(this.#dir, name), { timeoutMs: this.#o.orderTimeoutMs, signal })
       // Another process sharing this storage may have renewed (or failed) while we waited for the lock.
       if (reason !== 'manual' && (await this.#adoptStored(entry))) return structuredClone(entry.status)
-      const retry = await this.#readRetry(name)
+      priorState = await this.#storage.get(keys.state(this.#dir, name)).catch(() => undefined)
+      const retry = this.#parseRetry(priorState)
       if (reason !== 'manual' && retry && retry.nextAttemptAt > this.#clock.now()) {
         this.#setNext(entry, 'retry', retry.nextAttemptAt)
         return structuredClone(entry.status)
@@ -332,13 +351,19 @@ export class CertificateManager {
         keys.state(this.#dir, name),
         JSON.stringify({ ...(retry ?? {}), orderingSince: this.#clock.now() }),
       )
+      marked = true
       const attempt = (retry?.failures ?? 0) + 1
       entry.status.state = 'ordering'
       this.#events.emit('order-started', { name, reason, attempt })
       this.#log.info({ name, reason, attempt }, 'fastify-acme: ordering certificate')
       const [account, challengeKey] = await Promise.all([this.#ensureAccount(signal), this.#ensureChallengeKey()])
       const answerable = this.#answerable()
-      const challenges = this.#o.challenges.filter((c) => answerable.includes(c))
+      // A type whose validation just failed goes last, so a name with both types configured tries the other one.
+      const usable = this.#o.challenges.filter((c) => answerable.includes(c))
+      const challenges = [
+        ...usable.filter((c) => !entry.failedTypes.has(c)),
+        ...usable.filter((c) => entry.failedTypes.has(c)),
+      ]
       if (challenges.length === 0) {
         throw new ERR_ORDER_FAILED(
           name,
@@ -374,6 +399,7 @@ export class CertificateManager {
         issuer: info.issuer,
         issuedAt: new Date(this.#clock.now()).toISOString(),
         orderUrl: issued.orderUrl,
+        digest: recordDigest(issued.keyPem, issued.chainPem),
       }
       // Store first, then serve: a certificate we serve is always one we will find again after a restart.
       // If storing fails we still serve it (it is valid) and the error is logged; the retry state stays.
@@ -401,7 +427,14 @@ export class CertificateManager {
       )
       return structuredClone(entry.status)
     } catch (err) {
-      if (signal.aborted) throw new ERR_CLOSED({ cause: err })
+      if (signal.aborted) {
+        // Stopped by close(), not crashed: put the retry state back as it was, so the interruption costs nothing.
+        if (marked) {
+          const key = keys.state(this.#dir, name)
+          await (priorState ? this.#storage.put(key, priorState) : this.#storage.delete(key)).catch(() => {})
+        }
+        throw new ERR_CLOSED({ cause: err })
+      }
       await this.#fail(entry, err as Error)
       throw err
     } finally {
@@ -448,6 +481,7 @@ export class CertificateManager {
       failures: 0,
     })
     delete entry.status.lastError
+    entry.failedTypes.clear()
     // A new certificate clears the retry state, so its renewal time is known now; waiters see the full status.
     const at = renewalTime(
       Date.parse(record.notBefore),
@@ -461,6 +495,7 @@ export class CertificateManager {
 
   async #fail(entry: Entry, err: Error): Promise<void> {
     const name = entry.status.name
+    if (err instanceof AcmeCallError && err.validation && err.challengeType) entry.failedTypes.add(err.challengeType)
     const failures = entry.status.failures + 1
     const facts = err instanceof AcmeCallError ? { retryAfterMs: err.retryAfterMs, validation: err.validation } : {}
     const delay = nextAttemptDelay(failures, facts, this.#o, this.#random)
@@ -485,16 +520,38 @@ export class CertificateManager {
     )
   }
 
+  /**
+   * The stored retry state. A state still marked `orderingSince` belongs to an attempt that never finished (the
+   * process died mid-order): it counts as a failure, so a crash-looping process backs off like a failing one.
+   */
   async #readRetry(name: string): Promise<RetryState | undefined> {
-    const raw = await this.#storage.get(keys.state(this.#dir, name)).catch(() => undefined)
+    return this.#parseRetry(await this.#storage.get(keys.state(this.#dir, name)).catch(() => undefined))
+  }
+
+  #parseRetry(raw: Buffer | undefined): RetryState | undefined {
     if (!raw) return undefined
+    let value: Partial<RetryState> & { orderingSince?: unknown }
     try {
-      const value = JSON.parse(raw.toString('utf8')) as Partial<RetryState>
-      if (typeof value.failures !== 'number' || typeof value.nextAttemptAt !== 'number') return undefined
-      return value as RetryState
+      value = JSON.parse(raw.toString('utf8'))
     } catch {
       return undefined
     }
+    if (typeof value.orderingSince === 'number') {
+      const failures = (typeof value.failures === 'number' ? value.failures : 0) + 1
+      const since = value.orderingSince
+      return {
+        failures,
+        nextAttemptAt: Math.max(
+          typeof value.nextAttemptAt === 'number' ? value.nextAttemptAt : 0,
+          since + retryDelay(failures, this.#o.retryMinMs, this.#o.retryMaxMs, () => 0),
+        ),
+        lastError: 'interrupted: the process stopped during an order',
+        lastErrorCode: 'FACME_INTERRUPTED',
+        lastErrorAt: since,
+      }
+    }
+    if (typeof value.failures !== 'number' || typeof value.nextAttemptAt !== 'number') return undefined
+    return value as RetryState
   }
 
   #ensureAccount(signal: AbortSignal): Promise<AccountRecord> {
@@ -512,8 +569,8 @@ export class CertificateManager {
       const raw = await this.#storage.get(key)
       if (raw) {
         try {
-          const account = JSON.parse(raw.toString('utf8')) as AccountRecord
-          if (typeof account.keyPem === 'string' && typeof account.url === 'string') return account
+          const account = JSON.parse(raw.toString('utf8')) as unknown
+          if (usableAccount(account)) return account
         } catch {}
         this.#log.error('fastify-acme: the stored ACME account is unreadable; registering a new account')
       }
@@ -573,5 +630,17 @@ export class CertificateManager {
   #remove(c: ChallengeToPresent): void {
     if (c.type === 'tls-alpn-01') this.#resolver.deleteChallenge(c.name)
     if (c.type === 'http-01') this.#http01.delete(c.token)
+  }
+}
+
+/** A stored account is usable when its key parses and its URL is a URL; a damaged one is as good as missing. */
+function usableAccount(value: unknown): value is AccountRecord {
+  const account = value as Partial<AccountRecord> | null
+  if (typeof account?.keyPem !== 'string' || typeof account.url !== 'string' || !URL.canParse(account.url)) return false
+  try {
+    createPrivateKey(account.keyPem)
+    return true
+  } catch {
+    return false
   }
 }

@@ -190,6 +190,9 @@ describe('shutdown', () => {
       },
     })
     await until(() => app.acme.status('unreachable.acme.test')?.state !== 'pending', 5000, 'the first attempt')
+    const status = app.acme.status('unreachable.acme.test')
+    assert.equal(status?.lastError?.code, 'ECONNREFUSED', JSON.stringify(status?.lastError))
+    assert.match(status?.lastError?.message ?? '', /ECONNREFUSED/)
     const started = Date.now()
     await app.close()
     assert.ok(Date.now() - started < 2000)

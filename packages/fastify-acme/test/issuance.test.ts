@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { countOrders, type Pebble, startPebble } from '@autotls/pebble-harness'
 import Fastify from 'fastify'
-import { acmeHttp01, FileStorage, MemoryStorage } from '../src/index.js'
+import { acmeHttp01, acmeServerFactory, FileStorage, fastifyAcme, MemoryStorage } from '../src/index.js'
 import { h2Get, httpsGet, startApp } from './helpers.js'
 
 describe('TLS-ALPN-01 issuance', () => {
@@ -63,11 +63,21 @@ describe('TLS-ALPN-01 issuance', () => {
   test('restart with the cache: no new order, and serving works with the CA stopped', async () => {
     const ordersBefore = countOrders(pebble)
     await pebble.stop()
-    const app = await startApp({
-      port: pebble.tlsPort,
-      acme: { names, directory: pebble.directoryUrl, termsOfServiceAgreed: true, caRoots: pebble.caBundle, cacheDir },
+    const app = Fastify({ serverFactory: acmeServerFactory() })
+    await app.register(fastifyAcme, {
+      names,
+      directory: pebble.directoryUrl,
+      termsOfServiceAgreed: true,
+      caRoots: pebble.caBundle,
+      cacheDir,
     })
+    app.get('/', async (request) => ({ hello: 'world', host: request.hostname }))
+    // Subscribed after register, as a user would: the loaded events come when the server listens.
+    const loaded: string[] = []
+    app.acme.on('certificate-loaded', (e) => loaded.push(e.name))
+    await app.listen({ port: pebble.tlsPort, host: '127.0.0.1' })
     try {
+      assert.deepEqual(loaded.sort(), [...names].sort())
       for (const name of names) {
         const res = await httpsGet(pebble.tlsPort, name, root)
         assert.equal(res.status, 200)
@@ -269,6 +279,42 @@ describe('external account binding and log hygiene', () => {
       assert.equal(status?.nextAction?.kind, 'retry')
     } finally {
       await app.close()
+      await pebble.stop()
+    }
+  })
+})
+
+describe('challenge fallback', () => {
+  test('when TLS-ALPN-01 validation fails and HTTP-01 is configured, the next attempt uses HTTP-01', async () => {
+    const pebble = await startPebble()
+    const { freePort } = await import('@autotls/pebble-harness')
+    const name = 'fallback.acme.test'
+    // The TLS listener is not where the CA dials, so TLS-ALPN-01 fails; port 80 (pebble.httpPort) works.
+    const app = await startApp({
+      port: await freePort(),
+      acme: {
+        names: [name],
+        directory: pebble.directoryUrl,
+        termsOfServiceAgreed: true,
+        caRoots: pebble.caBundle,
+        challenges: ['tls-alpn-01', 'http-01'],
+        storage: new MemoryStorage(),
+        issueOnStart: false,
+      },
+    })
+    const plain = Fastify()
+    await plain.register(acmeHttp01, { acme: app.acme })
+    await plain.listen({ port: pebble.httpPort, host: '127.0.0.1' })
+    const presented: string[] = []
+    app.acme.on('challenge-presented', (e) => presented.push(e.type))
+    try {
+      await assert.rejects(app.acme.issue(name), /tls-alpn-01|connect/i)
+      const status = await app.acme.issue(name)
+      assert.equal(status.state, 'valid')
+      assert.deepEqual(presented, ['tls-alpn-01', 'http-01'])
+    } finally {
+      await app.close()
+      await plain.close()
       await pebble.stop()
     }
   })

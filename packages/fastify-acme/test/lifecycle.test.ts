@@ -188,6 +188,35 @@ describe('expired at start', () => {
   })
 })
 
+describe('issueOnStart: false', () => {
+  test('cached certificates are still renewed; missing ones wait for issue()', async () => {
+    const pebble = await startPebble({ certificateValidityPeriod: 6 })
+    const storage = new MemoryStorage()
+    const acme = {
+      names: ['manual1.acme.test', 'manual2.acme.test'],
+      directory: pebble.directoryUrl,
+      termsOfServiceAgreed: true as const,
+      caRoots: pebble.caBundle,
+      storage,
+      renewBeforeRatio: 0.5,
+      issueOnStart: false,
+    }
+    const first = await startApp({ port: pebble.tlsPort, acme })
+    const issued = await first.acme.issue('manual1.acme.test')
+    await first.close()
+    const app = await startApp({ port: pebble.tlsPort, acme })
+    try {
+      assert.equal(app.acme.status('manual1.acme.test')?.nextAction?.kind, 'renew')
+      assert.equal(app.acme.status('manual2.acme.test')?.nextAction, undefined, 'nothing planned for the missing one')
+      await until(() => app.acme.status('manual1.acme.test')?.serial !== issued.serial, 15_000, 'the renewal')
+      assert.equal(app.acme.status('manual2.acme.test')?.state, 'pending', 'the missing name was not ordered')
+    } finally {
+      await app.close()
+      await pebble.stop()
+    }
+  })
+})
+
 describe('many names', () => {
   test('50 names issued together get renewal times spread over the jitter window', async () => {
     const pebble = await startPebble()

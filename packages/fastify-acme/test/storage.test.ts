@@ -107,11 +107,28 @@ describe('FileStorage on disk', () => {
     await assert.rejects(s.lock('locks/shared', { timeoutMs: 500 }), { code: 'FACME_LOCK_TIMEOUT' })
     child.kill('SIGKILL')
     await new Promise((resolve) => child.on('exit', resolve))
-    // Age the lock file as if 30 s had passed since its last refresh.
-    const lockFile = join(root, 'locks/shared.lock')
-    const old = new Date(Date.now() - 30_000)
-    await import('node:fs/promises').then((fs) => fs.utimes(lockFile, old, old))
+    // The holder is dead (same host, no such pid): its lock is taken over at once, not after LOCK_STALE_MS.
+    const started = Date.now()
     const unlock = await s.lock('locks/shared', { timeoutMs: 2_000 })
+    assert.ok(Date.now() - started < 2_000)
+    await unlock()
+  })
+
+  test('a lock whose holder stopped refreshing it is taken over after the stale time', async () => {
+    const s = new FileStorage(root)
+    const lockFile = join(root, 'locks/aged.lock')
+    await import('node:fs/promises').then(async (fs) => {
+      await fs.mkdir(join(root, 'locks'), { recursive: true })
+      // A live pid on another host: only the age can make it stale.
+      await fs.writeFile(
+        lockFile,
+        JSON.stringify({ token: '1@some-other-host:abcd', created: new Date().toISOString() }),
+      )
+      await assert.rejects(s.lock('locks/aged', { timeoutMs: 400 }), { code: 'FACME_LOCK_TIMEOUT' })
+      const old = new Date(Date.now() - 30_000)
+      await fs.utimes(lockFile, old, old)
+    })
+    const unlock = await s.lock('locks/aged', { timeoutMs: 2_000 })
     await unlock()
   })
 

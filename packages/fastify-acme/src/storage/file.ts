@@ -120,7 +120,7 @@ export class FileStorage implements Storage {
         }
       }
       const stat = await fs.stat(path).catch(() => undefined)
-      if (stat && Date.now() - stat.mtimeMs > LOCK_STALE_MS) {
+      if (stat && (Date.now() - stat.mtimeMs > LOCK_STALE_MS || (await holderIsDead(path)))) {
         // The holder died without unlocking. Removing by rename first means two waiters cannot both remove
         // a fresh lock that a third process just created.
         const grave = `${path}.stale-${randomBytes(4).toString('hex')}`
@@ -159,5 +159,18 @@ async function syncDir(dir: string): Promise<void> {
     // Some file systems refuse fsync on a folder; the rename is still atomic there.
   } finally {
     await handle?.close()
+  }
+}
+
+/** True when the lock file names a process on this host that no longer exists (it died holding the lock). */
+async function holderIsDead(path: string): Promise<boolean> {
+  const content = await fs.readFile(path, 'utf8').catch(() => '')
+  const match = /"token":"(\d+)@([^:"]+):/.exec(content)
+  if (!match || match[2] !== hostname()) return false
+  try {
+    process.kill(Number(match[1]), 0)
+    return false
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH'
   }
 }
