@@ -95,7 +95,11 @@ test('check 6: trace logs of issuance and renewal contain no private key, JWK pr
   await collect()
   await app.close()
   const log = lines.join('')
-  const forms = [hmacKey, Buffer.from(hmacKey, 'base64url').toString('base64'), Buffer.from(hmacKey, 'base64url').toString('hex')]
+  const forms = [
+    hmacKey,
+    Buffer.from(hmacKey, 'base64url').toString('base64'),
+    Buffer.from(hmacKey, 'base64url').toString('hex'),
+  ]
   for (const pem of secrets) forms.push(...secretForms(pem))
   const found = forms.filter((form) => log.includes(form))
   const markers = (log.match(/PRIVATE KEY/g) ?? []).length
@@ -106,7 +110,10 @@ test('check 6: trace logs of issuance and renewal contain no private key, JWK pr
       `${found.length} occurrences of ${forms.length} secret forms (${secrets.size} private keys incl. the account key, the EAB key), ` +
       `${markers} 'PRIVATE KEY' markers, ${jwkPrivate} JWK "d" members`,
   )
-  assert.ok(secrets.size >= 1 + 2 * names.length, `expected the account key and 4 certificate keys, got ${secrets.size}`)
+  assert.ok(
+    secrets.size >= 1 + 2 * names.length,
+    `expected the account key and 4 certificate keys, got ${secrets.size}`,
+  )
   assert.deepEqual(found, [])
   assert.equal(markers, 0)
   assert.equal(jwkPrivate, 0)

@@ -181,3 +181,41 @@ export function padHello(hello: Buffer, size: number): Buffer {
   out.writeUInt16BE(hello.readUInt16BE(3) + extension.length, 3)
   return out
 }
+
+/**
+ * Replaces the server_name extension of a captured one-record hello with one carrying exactly `name` (raw bytes,
+ * so odd bytes, empty names and IP literals can be sent), or removes it (`undefined`). Fixes every length field.
+ */
+export function withServerName(hello: Buffer, name: Buffer | undefined): Buffer {
+  let pos = 5 + 4 + 2 + 32
+  pos += 1 + hello[pos]!
+  pos += 2 + hello.readUInt16BE(pos)
+  pos += 1 + hello[pos]!
+  const head = hello.subarray(5 + 4, pos)
+  const end = pos + 2 + hello.readUInt16BE(pos)
+  const extensions: Buffer[] = []
+  if (name !== undefined) {
+    const ext = Buffer.alloc(4 + 2 + 3 + name.length)
+    ext.writeUInt16BE(0, 0)
+    ext.writeUInt16BE(2 + 3 + name.length, 2)
+    ext.writeUInt16BE(3 + name.length, 4)
+    ext[6] = 0
+    ext.writeUInt16BE(name.length, 7)
+    name.copy(ext, 9)
+    extensions.push(ext)
+  }
+  for (let at = pos + 2; at < end; ) {
+    const type = hello.readUInt16BE(at)
+    const length = hello.readUInt16BE(at + 2)
+    if (type !== 0) extensions.push(hello.subarray(at, at + 4 + length))
+    at += 4 + length
+  }
+  const extBlock = Buffer.concat(extensions)
+  const extLength = Buffer.alloc(2)
+  extLength.writeUInt16BE(extBlock.length)
+  const body = Buffer.concat([head, extLength, extBlock])
+  const header = Buffer.from([0x16, hello[1]!, hello[2]!, 0, 0, 0x01, 0, 0, 0])
+  header.writeUInt16BE(body.length + 4, 3)
+  header.writeUIntBE(body.length, 6, 3)
+  return Buffer.concat([header, body])
+}

@@ -241,7 +241,13 @@ export interface GetResult {
 }
 
 /** A real HTTPS/1.1 GET on a new connection to 127.0.0.1:port, SNI and Host = name, chain verified against `ca`. */
-export function httpsGet(port: number, name: string, ca: string | string[], path = '/'): Promise<GetResult> {
+export function httpsGet(
+  port: number,
+  name: string,
+  ca: string | string[],
+  path = '/',
+  host = name,
+): Promise<GetResult> {
   return new Promise((resolve, reject) => {
     const req = request(
       {
@@ -249,7 +255,7 @@ export function httpsGet(port: number, name: string, ca: string | string[], path
         port,
         path,
         servername: name,
-        headers: { host: name },
+        headers: { host },
         ca,
         agent: false,
         ALPNProtocols: ['http/1.1'],
