@@ -332,7 +332,8 @@ export interface OrderParams {
   keyType: KeyType
   /** Challenge types in order of preference, each one we can actually answer. */
   challenges: ChallengeType[]
-  challengeKey: string
+  /** The RSA key of TLS-ALPN-01 challenge certificates; awaited only when such a challenge is presented. */
+  challengeKey: Promise<string>
   present(challenge: ChallengeToPresent): void
   remove(challenge: ChallengeToPresent): void
   signal: AbortSignal
@@ -404,7 +405,7 @@ async function completeAuthorization(client: acme.Client, authz: acme.Authorizat
   }
   const keyAuthorization = await client.getChallengeKeyAuthorization(challenge)
   const presented: ChallengeToPresent = { name, type, token: challenge.token, keyAuthorization }
-  if (type === 'tls-alpn-01') presented.tlsAlpn = await tlsAlpnCertificate(name, keyAuthorization, p.challengeKey)
+  if (type === 'tls-alpn-01') presented.tlsAlpn = await tlsAlpnCertificate(name, keyAuthorization, await p.challengeKey)
   p.present(presented)
   p.log('challenge presented', { name, type })
   try {

@@ -356,7 +356,9 @@ export class CertificateManager {
       entry.status.state = 'ordering'
       this.#events.emit('order-started', { name, reason, attempt })
       this.#log.info({ name, reason, attempt }, 'fastify-acme: ordering certificate')
-      const [account, challengeKey] = await Promise.all([this.#ensureAccount(signal), this.#ensureChallengeKey()])
+      const account = await this.#ensureAccount(signal)
+      // Not awaited here: generating it overlaps with creating the order.
+      const challengeKey = this.#ensureChallengeKey()
       const answerable = this.#answerable()
       // A type whose validation just failed goes last, so a name with both types configured tries the other one.
       const usable = this.#o.challenges.filter((c) => answerable.includes(c))
@@ -617,7 +619,19 @@ export class CertificateManager {
   }
 
   #ensureChallengeKey(): Promise<string> {
-    this.#challengeKey ??= generateChallengeKey()
+    // Kept in storage: it only signs throw-away challenge certificates, and an RSA key takes a few hundred ms to
+    // generate, which would otherwise delay the first order after every start.
+    this.#challengeKey ??= (async () => {
+      const key = keys.challengeKey(this.#dir)
+      const stored = (await this.#storage.get(key).catch(() => undefined))?.toString('utf8')
+      if (stored?.includes('PRIVATE KEY')) return stored
+      const fresh = await generateChallengeKey()
+      await this.#storage.put(key, fresh).catch(() => {})
+      return fresh
+    })()
+    this.#challengeKey.catch(() => {
+      this.#challengeKey = undefined
+    })
     return this.#challengeKey
   }
 

@@ -50,4 +50,5 @@ export const keys = {
   state: (dir: string, name: string) => `${dir}/state/${name}.json`,
   orderLock: (dir: string, name: string) => `${dir}/locks/${name}`,
   accountLock: (dir: string) => `${dir}/locks/account`,
+  challengeKey: (dir: string) => `${dir}/challenge-key.pem`,
 }
