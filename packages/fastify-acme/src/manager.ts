@@ -74,6 +74,9 @@ export interface ManagerDeps {
   random?: () => number
 }
 
+/** Space set aside before an order (a certificate record is 3-8 KB; RSA-4096 with a long chain stays under this). */
+export const RESERVATION_BYTES = 16 * 1024
+
 /** Bound on how long close() waits for orders in flight before returning. */
 export const CLOSE_GRACE_MS = 1500
 
@@ -319,6 +322,7 @@ export class CertificateManager {
     let unlock: (() => Promise<void>) | undefined
     let priorState: Buffer | undefined
     let marked = false
+    let reserved = false
     try {
       signal.throwIfAborted()
       unlock = await this.#storage.lock(keys.orderLock(this.#dir, name), { timeoutMs: this.#o.orderTimeoutMs, signal })
@@ -352,6 +356,10 @@ export class CertificateManager {
         JSON.stringify({ ...(retry ?? {}), orderingSince: this.#clock.now() }),
       )
       marked = true
+      // ... and that it has room for the certificate itself, which is much larger than that state: a reservation the
+      // size of a large record, given back just before the certificate is written.
+      await this.#storage.put(keys.reservation(this.#dir, name), Buffer.alloc(RESERVATION_BYTES))
+      reserved = true
       const attempt = (retry?.failures ?? 0) + 1
       entry.status.state = 'ordering'
       this.#events.emit('order-started', { name, reason, attempt })
@@ -407,6 +415,8 @@ export class CertificateManager {
       // If storing fails we still serve it (it is valid) and the error is logged; the retry state stays.
       const renewal = entry.record !== undefined
       try {
+        await this.#storage.delete(keys.reservation(this.#dir, name))
+        reserved = false
         await this.#storage.put(keys.certificate(this.#dir, name), JSON.stringify(record))
         await this.#storage.delete(keys.state(this.#dir, name))
       } catch (err) {
@@ -440,6 +450,7 @@ export class CertificateManager {
       await this.#fail(entry, err as Error)
       throw err
     } finally {
+      if (reserved) await this.#storage.delete(keys.reservation(this.#dir, name)).catch(() => {})
       await unlock?.().catch(() => {})
       this.#releaseSlot()
     }
@@ -566,6 +577,7 @@ export class CertificateManager {
 
   async #loadOrCreateAccount(signal: AbortSignal): Promise<AccountRecord> {
     const key = keys.account(this.#dir)
+    const reservation = keys.reservation(this.#dir, 'account')
     const unlock = await this.#storage.lock(keys.accountLock(this.#dir), { timeoutMs: this.#o.orderTimeoutMs, signal })
     try {
       const raw = await this.#storage.get(key)
@@ -576,16 +588,20 @@ export class CertificateManager {
         } catch {}
         this.#log.error('fastify-acme: the stored ACME account is unreadable; registering a new account')
       }
+      // An account registered but not stored would be orphaned at the CA, and registered again at every attempt.
+      await this.#storage.put(reservation, Buffer.alloc(RESERVATION_BYTES / 4))
       const account = await createAccount({
         directoryUrl: this.#o.directoryUrl,
         contact: this.#o.contact,
         eab: this.#o.eab,
         signal,
       })
+      await this.#storage.delete(reservation)
       await this.#storage.put(key, JSON.stringify(account))
       this.#log.info({ accountUrl: account.url }, 'fastify-acme: ACME account registered')
       return account
     } finally {
+      await this.#storage.delete(reservation).catch(() => {})
       await unlock()
     }
   }

@@ -29,7 +29,28 @@ export class FileStorage implements Storage {
   }
 
   async #ensureDir(dir: string): Promise<void> {
-    await fs.mkdir(dir, { recursive: true, mode: DIR_MODE })
+    try {
+      await fs.mkdir(dir, { recursive: true, mode: DIR_MODE })
+    } catch (err) {
+      // A recursive mkdir on a read-only file system reports ENOENT for a folder whose parent exists; creating one
+      // level at a time reports the real cause (EROFS, EACCES, ENOSPC).
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      const missing: string[] = []
+      for (let p = dir; dirname(p) !== p; p = dirname(p)) {
+        if (
+          await fs.stat(p).then(
+            () => true,
+            () => false,
+          )
+        )
+          break
+        missing.unshift(p)
+      }
+      for (const p of missing)
+        await fs.mkdir(p, { mode: DIR_MODE }).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'EEXIST') throw e
+        })
+    }
   }
 
   async get(key: string): Promise<Buffer | undefined> {

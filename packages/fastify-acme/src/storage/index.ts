@@ -51,4 +51,6 @@ export const keys = {
   orderLock: (dir: string, name: string) => `${dir}/locks/${name}`,
   accountLock: (dir: string) => `${dir}/locks/account`,
   challengeKey: (dir: string) => `${dir}/challenge-key.pem`,
+  /** Space held while an order or an account registration runs, so its result is sure to fit. */
+  reservation: (dir: string, what: string) => `${dir}/reserved/${what}`,
 }
