@@ -372,6 +372,11 @@ function registerRoute(
     config: { proxyRoute: route },
     // Bodies are parsed (counted) by the site's own parser, registered above.
     proxyPayloads: false,
+    // http-proxy turns `<path>?q` with rewritePrefix '' into the destination '' (the query is split off), and
+    // reply-from takes an empty source to mean request.url, our `/_vhost/<id>/...`: the empty path is '/'. The
+    // query is reply-from's, the client's byte for byte.
+    handler: (_request: FastifyRequest, reply: FastifyReply, dest: string, replyOptions: object) =>
+      reply.from(dest === '' ? '/' : dest, replyOptions),
     disableRequestLogging: true,
     undici: dispatcher as never,
     http2: false,
