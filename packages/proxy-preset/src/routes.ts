@@ -159,6 +159,22 @@ function applyChanges(headers: Record<string, unknown>, changes: ResolvedRoute['
   for (const [name, value] of changes.set) headers[name] = value
 }
 
+/**
+ * An upstream's path-absolute `Location` as the client must see it: under rewritePrefix (at a segment boundary) it
+ * is moved under the route's path; anything else (other paths, relative, absolute and `//` URLs) is left alone.
+ * http-proxy's own rewrite would put its prefix, our internal `/_vhost/<id>/...`, in front.
+ */
+function publicLocation(location: string, path: string, rewritePrefix: string): string {
+  if (rewritePrefix === path || location[0] !== '/' || location[1] === '/') return location
+  if (rewritePrefix !== '') {
+    if (!location.startsWith(rewritePrefix)) return location
+    const next = location[rewritePrefix.length]
+    if (next !== undefined && next !== '/' && next !== '?' && next !== '#') return location
+  }
+  const moved = path + location.slice(rewritePrefix.length)
+  return moved[0] === '/' ? moved : `/${moved}`
+}
+
 /** Counts body bytes on the way to the upstream and fails the stream past the limit. */
 class BodyLimit extends Transform {
   #seen = 0
@@ -378,6 +394,8 @@ function registerRoute(
     handler: (_request: FastifyRequest, reply: FastifyReply, dest: string, replyOptions: object) =>
       reply.from(dest === '' ? '/' : dest, replyOptions),
     disableRequestLogging: true,
+    // Location is rewritten by rewriteHeaders below (publicLocation).
+    internalRewriteLocationHeader: false,
     undici: dispatcher as never,
     http2: false,
     websocket: route.websocket,
@@ -402,6 +420,9 @@ function registerRoute(
       rewriteRequestHeaders: (request: FastifyRequest, headers: Record<string, unknown>) =>
         upstreamHeaders(request, headers) as never,
       rewriteHeaders: (headers: Record<string, unknown>) => {
+        const location = headers['location']
+        if (typeof location === 'string')
+          headers['location'] = publicLocation(location, route.path, route.rewritePrefix)
         stripHopByHop(headers)
         applyChanges(headers, route.responseHeaders)
         return headers as never

@@ -140,3 +140,63 @@ describe('upstream paths: rewritePrefix x request shape', () => {
     for (const url of wsSeen) assert.doesNotMatch(url, /_vhost/)
   })
 })
+
+describe('upstream redirects: Location as the client must see it', () => {
+  test('moved from rewritePrefix to the route path; never the internal prefix', async () => {
+    const up = await startUpstream('redirect', (req, res) => {
+      res.statusCode = 302
+      res.setHeader('location', String(req.headers['x-location']))
+      res.end()
+    })
+    const certs = await certFiles(['*.loc.test.local'])
+    // [route path, rewritePrefix, request path, upstream Location, Location the client gets]
+    const cases: Array<[string, string, string, string, string]> = [
+      ['/', '', '/a', '/login', '/login'],
+      ['/', '', '/a', '/login?next=%2Fa', '/login?next=%2Fa'],
+      ['/', '', '/a', 'relative', 'relative'],
+      ['/', '', '/a', 'https://other.test/x', 'https://other.test/x'],
+      ['/', '', '/a', '//other.test/x', '//other.test/x'],
+      ['/api', '', '/api/a', '/login', '/api/login'],
+      ['/api', '', '/api/a', '/', '/api/'],
+      ['/api', '', '/api/a', 'relative', 'relative'],
+      ['/api', '/v2', '/api/a', '/v2/b', '/api/b'],
+      ['/api', '/v2', '/api/a', '/v2', '/api'],
+      ['/api', '/v2', '/api/a', '/v2?x=1', '/api?x=1'],
+      ['/api', '/v2', '/api/a', '/v2x', '/v2x'],
+      ['/api', '/v2', '/api/a', '/elsewhere', '/elsewhere'],
+      ['/api', '/api', '/api/a', '/api/b', '/api/b'],
+      ['/', '/v2', '/a', '/v2/b', '/b'],
+      ['/', '/v2', '/a', '/v2', '/'],
+      ['/', '/v2', '/a', '/v2?x=1', '/?x=1'],
+    ]
+    const routes = [...new Set(cases.map(([path, rewritePrefix]) => `${path} ${rewritePrefix}`))].map((key, i) => {
+      const [path, rewritePrefix] = key.split(' ') as [string, string]
+      return { host: `r${i}.loc.test.local`, path, rewritePrefix, upstream: up.url }
+    })
+    const proxy = await createProxy({
+      logger: false,
+      https: { host: '127.0.0.1', port: 0 },
+      http: false,
+      certificates: [{ cert: certs.cert, key: certs.key }],
+      routes,
+    })
+    try {
+      const port = (await proxy.listen()).https.port
+      for (const [path, rewritePrefix, url, location, want] of cases) {
+        const { host } = routes.find((r) => r.path === path && r.rewritePrefix === rewritePrefix)!
+        for (const send of [h1, h2]) {
+          const res = await send({ port, host, path: url, headers: { 'x-location': location }, ca: certs.ca })
+          assert.equal(res.status, 302)
+          assert.equal(
+            res.headers['location'],
+            want,
+            `${path} rewritePrefix ${JSON.stringify(rewritePrefix)}: ${location}`,
+          )
+        }
+      }
+    } finally {
+      await proxy.close()
+      await Promise.all([up.close(), certs.remove()])
+    }
+  })
+})
