@@ -1,27 +1,12 @@
 // Which certificate serves each host: ACME (fastify-acme), a manual pair, or the default. planCertificates() decides
-// it once at start and refuses configurations that would leave a routed host without a certificate; the resolver
-// subclass adds wildcard lookups (`*.example.com` pairs from manual files) to fastify-acme's exact-name resolver.
+// it once at start and refuses configurations that would leave a routed host without a certificate. Serving them is
+// fastify-acme's CertResolver, shared by both sources (exact name, then the one-label `*.parent` entry, then the
+// default certificate).
 import { isIP } from 'node:net'
-import type { SecureContext } from 'node:tls'
-import { CertResolver, canonicalName, normalizeServerName } from '@autotls/fastify-acme'
+import { canonicalName } from '@autotls/fastify-acme'
 import { ERR_CERTIFICATE_CONFLICT, ERR_NO_CERTIFICATE, ERR_WILDCARD_NEEDS_CERTIFICATE } from './errors.js'
 import { wildcardOf } from './hosts.js'
 import type { ResolvedProxyOptions } from './options.js'
-
-/**
- * fastify-acme's resolver with one addition: a name without its own entry is served the `*.parent` entry when there
- * is one (one label, like certificate wildcards), before the fallback. Still one or two Map lookups per handshake.
- */
-export class ProxyCertResolver extends CertResolver {
-  override lookup(servername: string): SecureContext | undefined {
-    const name = normalizeServerName(servername)
-    if (!this.has(name)) {
-      const wildcard = wildcardOf(name)
-      if (wildcard !== undefined && this.has(wildcard)) return super.lookup(wildcard)
-    }
-    return super.lookup(name)
-  }
-}
 
 /** What the manual certificates cover, as planCertificates() needs it. */
 export interface ManualCoverage {

@@ -2,9 +2,9 @@
 // files, the port-80 app, health, graceful close) without listening; startProxy() also listens and handles signals.
 import type { AddressInfo } from 'node:net'
 import type { Server as TlsServer } from 'node:tls'
-import { type CertResolver, type FastifyAcme, fastifyAcme } from '@autotls/fastify-acme'
+import { CertResolver, type FastifyAcme, fastifyAcme } from '@autotls/fastify-acme'
 import type { FastifyInstance } from 'fastify'
-import { type CertificatePlan, ProxyCertResolver, planCertificates } from './certificates.js'
+import { type CertificatePlan, planCertificates } from './certificates.js'
 import { registerHealth } from './health.js'
 import { ManualCertificates } from './manual-certs.js'
 import { type ProxyOptions, type ResolvedListen, type ResolvedProxyOptions, resolveProxyOptions } from './options.js'
@@ -64,7 +64,7 @@ function addressOf(app: FastifyInstance): AddressInfo {
 export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
   const resolved = resolveProxyOptions(options)
   const sites = buildSiteTable(resolved.routes)
-  const resolver = new ProxyCertResolver()
+  const resolver = new CertResolver()
   const app = buildHttpsApp(resolved, resolver, sites)
   const tracker = new ConnectionTracker()
   tracker.track(app.server)
@@ -222,7 +222,7 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
   })
 }
 
-export { type CertificatePlan, ProxyCertResolver, planCertificates } from './certificates.js'
+export { type CertificatePlan, planCertificates } from './certificates.js'
 export * from './errors.js'
 export { applyForwardingHeaders, compileTrust, FORWARDING_HEADERS, type TrustFunction } from './forwarded.js'
 export { HostTable, parseRouteHost, requestHost, wildcardOf } from './hosts.js'

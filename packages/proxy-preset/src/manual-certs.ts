@@ -358,14 +358,17 @@ export class ManualCertificates {
     this.#events.emit('rejected', { cert: entry.certPath, hosts: [...entry.hosts], error })
   }
 
-  /** Installs a validated pair (resolver.set builds every context first, so a failure changes nothing served). */
+  /**
+   * Installs a validated pair. setMany builds one secure context for all the entry's hosts, then swaps them all; a
+   * pair the TLS stack refuses throws before any host changes.
+   */
   #apply(entry: Entry, key: string, cert: string, info: CertificateInfo): void {
     const pair = { key, cert }
     if (entry.isDefault) {
       this.#deps.resolver.setFallback(pair)
       this.#deps.onDefault?.(pair)
     } else {
-      for (const host of entry.hosts) this.#deps.resolver.set(host, pair)
+      this.#deps.resolver.setMany(entry.hosts, pair)
     }
     const problem = chainOrderProblem(cert)
     if (problem) this.#deps.log.warn({ cert: entry.certPath }, `certificate chain order: ${problem}`)
