@@ -112,10 +112,11 @@ export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
       },
     }
     if (resolved.health) registerHealth(app, resolved.health, healthState)
-    const { dispatchers } = registerRoutes(app, { sites, options: resolved, trusted: resolved.trustedProxies })
-    app.addHook('onSend', async (request, reply) => {
-      // While draining, HTTP/1.1 connections end after their current response (HTTP/2 sessions get GOAWAY).
-      if (draining && request.raw.httpVersionMajor === 1) reply.header('connection', 'close')
+    const { dispatchers } = registerRoutes(app, {
+      sites,
+      options: resolved,
+      trusted: resolved.trustedProxies,
+      draining: () => draining,
     })
     app.addHook('onClose', async () => {
       await Promise.all(dispatchers.map((d) => d.close().catch(() => d.destroy())))

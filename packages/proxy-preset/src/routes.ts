@@ -224,6 +224,8 @@ export interface RoutingDeps {
   sites: HostTable<Site>
   options: ResolvedProxyOptions
   trusted: TrustFunction
+  /** True once a graceful close has started: proxied HTTP/1.1 responses then end their connection. */
+  draining: () => boolean
 }
 
 /** Registers every route (and the not-found handler) on the HTTPS app. Returns the dispatchers to close. */
@@ -346,7 +348,7 @@ function registerRoute(
   dispatcher: Dispatcher,
   deps: RoutingDeps,
 ): void {
-  const { options, trusted } = deps
+  const { options, trusted, draining } = deps
   const upstream = route.upstreams[0]!
   const originalHost = (request: FastifyRequest): string | undefined => {
     const value = request.headers[':authority'] ?? request.headers.host
@@ -373,6 +375,7 @@ function registerRoute(
       (error as { statusCode?: number }).statusCode === 504 ||
       codes.some((c) => /TIMEOUT/i.test(c) || c === 'ETIMEDOUT')
     reply.log.error({ route: route.label, upstream: route.upstreams, codes, err: error }, 'upstream request failed')
+    if (draining()) closeAfter(reply)
     reply.send(
       timedOut
         ? new ERR_UPSTREAM_TIMEOUT(route.label)
@@ -419,12 +422,15 @@ function registerRoute(
     replyOptions: {
       rewriteRequestHeaders: (request: FastifyRequest, headers: Record<string, unknown>) =>
         upstreamHeaders(request, headers) as never,
-      rewriteHeaders: (headers: Record<string, unknown>) => {
+      rewriteHeaders: (headers: Record<string, unknown>, request: FastifyRequest) => {
         const location = headers['location']
         if (typeof location === 'string')
           headers['location'] = publicLocation(location, route.path, route.rewritePrefix)
         stripHopByHop(headers)
         applyChanges(headers, route.responseHeaders)
+        // Draining: an HTTP/1.1 connection ends after its current response (HTTP/2 sessions get GOAWAY; requests that
+        // arrive during the close get Fastify's 503 with Connection: close). A flag read, no per-request hook.
+        if (draining() && request.raw.httpVersionMajor === 1) headers['connection'] = 'close'
         return headers as never
       },
       onError: onError as never,

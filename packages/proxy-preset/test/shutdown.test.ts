@@ -7,7 +7,7 @@ import { connect } from 'node:net'
 import { after, before, describe, test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { createProxy } from '../src/index.js'
-import { type CertFiles, certFiles, h1, h2, startUpstream, type Upstream } from './helpers.js'
+import { type CertFiles, certFiles, h1, h2, rawTls, startUpstream, type Upstream } from './helpers.js'
 
 const HOST = 'signal.test.local'
 
@@ -64,6 +64,37 @@ describe('graceful shutdown', () => {
     }
     await closing
     assert.ok(Date.now() - started < 3_000, `close took ${Date.now() - started} ms`)
+  })
+
+  test('HTTP/1.1 keep-alive: a response finished while draining ends its connection; no per-request hook', async () => {
+    const { proxy, port } = await proxyFor(slow.url, 5_000)
+    // Draining costs nothing per request until it starts: no onSend hook of ours on any route.
+    const routes = proxy.app.printRoutes({ includeHooks: true, commonPrefix: false }).split('\n')
+    const onSend = routes.filter((l) => l.includes('(onSend)') && !l.trim().endsWith('["headRouteOnSendHandler()"]'))
+    assert.deepEqual(onSend, [])
+    const payload = `GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`
+    const before = slow.seen.length
+    const inFlight = rawTls({ port, servername: HOST, ca: certs.ca, payload, timeoutMs: 3_000 })
+    while (slow.seen.length === before) await new Promise((r) => setTimeout(r, 5))
+    const closing = proxy.close()
+    const reply = await inFlight
+    assert.match(reply.text, /^HTTP\/1\.1 200 /)
+    assert.match(reply.text, /\r\nconnection: close\r\n/i)
+    assert.ok(reply.closed, 'the proxy ended the connection')
+    await closing
+  })
+
+  test('HTTP/1.1 keep-alive: not draining, the connection stays open', async () => {
+    const { proxy, port } = await proxyFor(slow.url, 5_000)
+    try {
+      const payload = `GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`
+      const reply = await rawTls({ port, servername: HOST, ca: certs.ca, payload, timeoutMs: 1_000 })
+      assert.match(reply.text, /^HTTP\/1\.1 200 /)
+      assert.match(reply.text, /\r\nconnection: keep-alive\r\n/i)
+      assert.equal(reply.closed, false)
+    } finally {
+      await proxy.close()
+    }
   })
 
   test('the grace period bounds the close when an upstream never answers', async () => {
