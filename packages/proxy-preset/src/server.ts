@@ -2,7 +2,14 @@
 // HTTP/2 with HTTP/1.1 fallback by default), with the request limits and timeouts applied to the server itself.
 import type { TlsOptions } from 'node:tls'
 import { acmeServerFactory, type CertResolver } from '@autotls/fastify-acme'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerOptions,
+  LogController,
+} from 'fastify'
 import type { HostTable } from './hosts.js'
 import type { ProxyOptions, ResolvedProxyOptions } from './options.js'
 import { createRewriteUrl, type Site, vhostConstraint } from './routes.js'
@@ -45,6 +52,24 @@ function loggerOptions(logger: ProxyOptions['logger']): Partial<FastifyServerOpt
   return { logger: logger as FastifyServerOptions['logger'] }
 }
 
+/**
+ * Fastify's request logging without its two info lines per request ('incoming request', 'request completed'): an
+ * access log on the hot path costs 4-16% of the CPU per proxied request (bench/). routes.ts meant this with
+ * http-proxy's `disableRequestLogging`, which http-proxy does not have. Errors are still logged: requests that
+ * errored, 5xx from the error handler, stream errors.
+ */
+class ProxyLogController extends LogController {
+  override incomingRequest(): void {}
+  override requestCompleted(
+    error: Error | null | undefined,
+    request: FastifyRequest,
+    reply: FastifyReply,
+    metadata?: Record<string, unknown>,
+  ): void {
+    if (error) super.requestCompleted(error, request, reply, metadata)
+  }
+}
+
 export function buildHttpsApp(options: ResolvedProxyOptions, resolver: CertResolver, sites: HostTable<Site>) {
   const { limits } = options
   const app = Fastify({
@@ -68,10 +93,7 @@ export function buildHttpsApp(options: ResolvedProxyOptions, resolver: CertResol
     return503OnClosing: true,
     // Proxied request ids are not read from clients.
     requestIdHeader: false,
-    // No access log on the hot path (routes.ts meant this with http-proxy's disableRequestLogging, which is not an
-    // http-proxy option): Fastify's two lines per request cost 4-16% of the CPU per proxied request (bench/).
-    // Failures are still logged (upstream errors, certificates, lifecycle).
-    disableRequestLogging: true,
+    logController: new ProxyLogController(),
   } as FastifyServerOptions) as unknown as FastifyInstance
   applyHttpLimits(app.server, limits)
   return app
