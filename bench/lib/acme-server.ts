@@ -75,7 +75,7 @@ export async function startAcmeServer(o: {
       `--suffix=${o.suffix}`,
       `--load=${o.load}`,
     ],
-    { keepOutput: true },
+    { keepOutput: false },
   )
   const timeoutMs = o.timeoutMs ?? 600_000
   try {

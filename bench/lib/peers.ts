@@ -21,7 +21,7 @@ export interface Running {
   pid: number
   child: Child
   /** What a client negotiated in the readiness check. */
-  tls: { protocol: string; cipher: string; alpn: string }
+  tls: { protocol: string; cipher: string; alpn: string; key: string }
   stop(): Promise<void>
 }
 
@@ -47,10 +47,12 @@ export async function waitForTls(port: number, child: Child, timeoutMs = 30_000)
         })
         socket.setTimeout(2000, () => socket.destroy(new Error('timeout')))
         socket.once('secureConnect', () => {
+          const cert = socket.getPeerCertificate()
           const info = {
             protocol: socket.getProtocol() ?? '?',
             cipher: socket.getCipher().standardName,
             alpn: socket.alpnProtocol || 'none',
+            key: cert.asn1Curve ? `EC ${cert.nistCurve ?? cert.asn1Curve}` : `RSA ${cert.bits ?? '?'}`,
           }
           socket.end()
           resolve(info)

@@ -4,7 +4,7 @@
 //
 //   node --import tsx --conditions=source bench/servers/proxy-preset.ts --port=8443 --upstream=URL --cert=C --key=K
 import { parseArgs } from 'node:util'
-import { startProxy } from '@autotls/proxy-preset'
+import { startProxy as startPreset } from '@autotls/proxy-preset'
 
 const { values } = parseArgs({
   options: {
@@ -13,8 +13,13 @@ const { values } = parseArgs({
     cert: { type: 'string' },
     key: { type: 'string' },
     logger: { type: 'string' },
+    impl: { type: 'string' },
   },
 })
+// --impl=PATH: another build of the preset's source (before/after comparisons of a change).
+const startProxy: typeof startPreset = values.impl
+  ? ((await import(values.impl)) as { startProxy: typeof startPreset }).startProxy
+  : startPreset
 
 const proxy = await startProxy({
   ...(values.logger === 'false' ? { logger: false } : {}),
