@@ -28,7 +28,16 @@ if (selected.length === 0) {
 const concurrency = process.env.TEST_CONCURRENCY ?? '2'
 const child = spawn(
   process.execPath,
-  ['--import', 'tsx', '--conditions=source', '--test', `--test-concurrency=${concurrency}`, ...selected],
+  // A per-test timeout turns a hang (e.g. a certificate that never comes) into a failure instead of a stalled run.
+  [
+    '--import',
+    'tsx',
+    '--conditions=source',
+    '--test',
+    `--test-concurrency=${concurrency}`,
+    `--test-timeout=${process.env.TEST_TIMEOUT_MS ?? '300000'}`,
+    ...selected,
+  ],
   { cwd: root, stdio: 'inherit' },
 )
 child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)))
