@@ -55,7 +55,8 @@ const SNI_SCALES = (flags.sni ?? (QUICK ? '1,1000,10000' : '1,1000,10000,100000'
 const KA_CONNECTIONS = 64
 const H2 = { connections: 8, streams: 16 }
 const HS_BATCH = 100
-const WARMUP = QUICK ? 4 : 8
+const WARMUP = QUICK ? 4 : 6
+const REWARM = QUICK ? 1 : 3
 /** Secondary measurements (16 KiB, 1 MiB, RSA handshakes) are shorter, to keep the default run near 8 minutes. */
 const SHORT = Math.max(1, D - 1)
 const HS_CLIENT_CONCURRENCY = 16
@@ -177,13 +178,16 @@ async function proxyRounds(ecdsa: CertFiles, rsa: CertFiles, upstreamPort: numbe
       await newConnections(b.pid, { url: url(b), seconds: 1, batch: HS_BATCH })
     }
     for (let round = 0; round < R; round++) {
-      // Rotate the order so that no peer always runs first (or right after the same neighbour).
+      // Rotate the order so that no peer always runs first.
       const order = PEER_IDS.map((_, i) => PEER_IDS[(i + round) % PEER_IDS.length]!)
       for (const id of order) {
         const peer = PEERS[id]!
         const { ecdsa: a, rsa: b } = running.get(id)!
         log(`round ${round + 1}/${R}: ${peer.name} (load average ${loadAverage()})`)
         const url = (r: Running, path = 'small') => `https://localhost:${r.port}/${path}`
+        // Re-warm before measuring: a Node peer left idle while the others ran may have lost compiled code (V8
+        // flushes bytecode in GCs during idle time, e.g. those caused by proxy-preset's certificate-file poll).
+        await wrk(a.pid, { url: url(a), seconds: REWARM, connections: KA_CONNECTIONS })
         const rss: number[] = []
         for (const body of ['small', '16k', '1m'] as const) {
           const seconds = body === 'small' ? D : SHORT

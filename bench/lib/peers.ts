@@ -255,6 +255,8 @@ function nodePeer(name: string, script: string, extra: string[] = []): Peer {
     async start({ upstreamPort, cert }) {
       const port = await freePort()
       const args = [
+        // Extra V8/Node flags for the Node peers, for experiments (e.g. BENCH_NODE_FLAGS=--no-flush-bytecode).
+        ...(process.env['BENCH_NODE_FLAGS'] ?? '').split(' ').filter((f) => f !== ''),
         '--import',
         'tsx',
         '--conditions=source',
@@ -276,4 +278,5 @@ export const PEERS: Record<string, Peer> = {
   caddy,
   fastify: nodePeer('Fastify + http-proxy', 'fastify-plain.ts'),
   preset: nodePeer('proxy-preset', 'proxy-preset.ts'),
+  'preset-nopoll': nodePeer('proxy-preset (reload poll off)', 'proxy-preset.ts', ['--poll=0']),
 }

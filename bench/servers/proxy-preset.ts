@@ -14,6 +14,7 @@ const { values } = parseArgs({
     key: { type: 'string' },
     logger: { type: 'string' },
     impl: { type: 'string' },
+    poll: { type: 'string' },
   },
 })
 // --impl=PATH: another build of the preset's source (before/after comparisons of a change).
@@ -27,6 +28,7 @@ const proxy = await startProxy({
   http: false,
   certificates: [{ cert: values.cert!, key: values.key!, hosts: ['localhost'] }],
   routes: [{ host: 'localhost', upstream: values.upstream! }],
+  ...(values.poll !== undefined ? { reload: { pollIntervalMs: Number(values.poll) } } : {}),
   shutdown: { signals: ['SIGTERM'], graceMs: 1000 },
 })
 void proxy
