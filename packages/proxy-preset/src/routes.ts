@@ -263,14 +263,17 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
         siteApp.removeAllContentTypeParsers()
         siteApp.addContentTypeParser('*', (request, payload, done) => {
           const raw = request.raw as RawRequest
-          done(
-            null,
-            payload.pipe(
-              new BodyLimit(options.limits.bodyBytes, () => {
-                raw[kTooLarge] = true
-              }),
-            ),
-          )
+          const limit = new BodyLimit(options.limits.bodyBytes, () => {
+            raw[kTooLarge] = true
+          })
+          // pipe() does not pass on a failure of the source: a client that dies mid-body (reset, a chunked-encoding
+          // error) would leave the upstream request waiting for the rest until its timeouts, holding an upstream
+          // connection and the proxy's close(). End the upstream body with the error instead.
+          payload.on('error', (err) => limit.destroy(err))
+          payload.on('close', () => {
+            if (!payload.readableEnded) limit.destroy(new Error('the client closed before sending the whole body'))
+          })
+          done(null, payload.pipe(limit))
         })
         siteApp.addHook('onRequest', async (request, reply) => {
           const route = request.routeOptions.config as unknown as { proxyRoute?: ResolvedRoute }
