@@ -32,6 +32,8 @@ const NAMED_RANGES: Record<string, Array<[string, number, 'ipv4' | 'ipv6']>> = {
   ],
 }
 
+const FORWARDING_SET = new Set<string>(FORWARDING_HEADERS)
+
 export type TrustFunction = (address: string | undefined) => boolean
 
 /** Strips the IPv4-mapped prefix so `::ffff:10.0.0.1` is checked as the IPv4 address it is. */
@@ -109,6 +111,11 @@ export function applyForwardingHeaders(headers: Record<string, unknown>, ctx: Fo
   const previousRealIp = trusted ? headerValue(headers['x-real-ip']) : undefined
   const previousForwarded = trusted ? headerValue(headers['forwarded']) : undefined
   for (const name of FORWARDING_HEADERS) delete headers[name]
+  // CGI-style upstreams (PHP-FPM, WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as the same variable, so
+  // an underscore spelling would carry a client's lie past the rewrite above (nginx drops such headers too).
+  for (const name of Object.keys(headers)) {
+    if (name.includes('_') && FORWARDING_SET.has(name.toLowerCase().replace(/_/g, '-'))) delete headers[name]
+  }
   if (peer !== undefined) {
     headers['x-forwarded-for'] = previousFor ? `${previousFor}, ${peer}` : peer
     const firstHop = previousFor?.split(',')[0]?.trim()
