@@ -77,6 +77,9 @@ export interface ManagerDeps {
 /** Space set aside before an order (a certificate record is 3-8 KB; RSA-4096 with a long chain stays under this). */
 export const RESERVATION_BYTES = 16 * 1024
 
+/** Names whose cached certificate and retry state load() reads at the same time. */
+export const LOAD_CONCURRENCY = 256
+
 /** Bound on how long close() waits for orders in flight before returning. */
 export const CLOSE_GRACE_MS = 1500
 
@@ -136,51 +139,55 @@ export class CertificateManager {
 
   /** Loads cached certificates and retry state; serves valid ones at once. Never contacts the CA. */
   async load(): Promise<void> {
-    await Promise.all(
-      [...this.#entries.values()].map(async (entry) => {
-        const name = entry.status.name
-        const raw = await this.#storage.get(keys.certificate(this.#dir, name)).catch((err: Error) => {
-          this.#log.error({ name, err }, 'fastify-acme: reading the cached certificate failed; treating it as missing')
-          return undefined
-        })
-        const record = parseRecord(raw)
-        if (raw && !record)
-          this.#log.warn({ name }, 'fastify-acme: cached certificate is corrupt; treating it as missing')
-        if (record) {
-          try {
-            const info = checkPair(name, record.keyPem, record.chainPem)
-            this.#resolver.setLazy(name, { key: record.keyPem, cert: record.chainPem })
-            entry.record = record
-            const expired = info.notAfter.getTime() <= this.#clock.now()
-            Object.assign(entry.status, {
-              state: expired ? 'expired' : 'valid',
-              notBefore: info.notBefore.toISOString(),
-              notAfter: info.notAfter.toISOString(),
-              issuer: info.issuer,
-              serial: info.serial,
-            })
-            entry.loaded = true
-            this.#log.info(
-              { name, notAfter: info.notAfter.toISOString(), serial: info.serial },
-              'fastify-acme: cached certificate loaded',
-            )
-          } catch (err) {
-            this.#log.warn({ name, err }, 'fastify-acme: cached certificate is unusable; treating it as missing')
-          }
+    const loadOne = async (entry: Entry): Promise<void> => {
+      const name = entry.status.name
+      const raw = await this.#storage.get(keys.certificate(this.#dir, name)).catch((err: Error) => {
+        this.#log.error({ name, err }, 'fastify-acme: reading the cached certificate failed; treating it as missing')
+        return undefined
+      })
+      const record = parseRecord(raw)
+      if (raw && !record)
+        this.#log.warn({ name }, 'fastify-acme: cached certificate is corrupt; treating it as missing')
+      if (record) {
+        try {
+          const info = checkPair(name, record.keyPem, record.chainPem)
+          this.#resolver.setLazy(name, { key: record.keyPem, cert: record.chainPem })
+          entry.record = record
+          const expired = info.notAfter.getTime() <= this.#clock.now()
+          Object.assign(entry.status, {
+            state: expired ? 'expired' : 'valid',
+            notBefore: info.notBefore.toISOString(),
+            notAfter: info.notAfter.toISOString(),
+            issuer: info.issuer,
+            serial: info.serial,
+          })
+          entry.loaded = true
+          this.#log.info(
+            { name, notAfter: info.notAfter.toISOString(), serial: info.serial },
+            'fastify-acme: cached certificate loaded',
+          )
+        } catch (err) {
+          this.#log.warn({ name, err }, 'fastify-acme: cached certificate is unusable; treating it as missing')
         }
-        const retry = await this.#readRetry(name)
-        if (retry) {
-          entry.status.failures = retry.failures
-          entry.status.lastError = {
-            message: retry.lastError,
-            at: new Date(retry.lastErrorAt).toISOString(),
-            ...(retry.lastErrorCode ? { code: retry.lastErrorCode } : {}),
-          }
-          if (!entry.record) entry.status.state = 'error'
+      }
+      const retry = await this.#readRetry(name)
+      if (retry) {
+        entry.status.failures = retry.failures
+        entry.status.lastError = {
+          message: retry.lastError,
+          at: new Date(retry.lastErrorAt).toISOString(),
+          ...(retry.lastErrorCode ? { code: retry.lastErrorCode } : {}),
         }
-        this.#plan(entry, retry)
-      }),
-    )
+        if (!entry.record) entry.status.state = 'error'
+      }
+      this.#plan(entry, retry)
+    }
+    // A bounded number of names in flight: reading every file at once runs out of file descriptors (EMFILE) past
+    // ~20,000 names, and a failed read is taken for a missing certificate, which would be ordered again.
+    const entries = [...this.#entries.values()]
+    for (let i = 0; i < entries.length; i += LOAD_CONCURRENCY) {
+      await Promise.all(entries.slice(i, i + LOAD_CONCURRENCY).map(loadOne))
+    }
   }
 
   /**
