@@ -141,8 +141,8 @@ test('check 14: path-escape corpus: 0 upstream requests outside the route prefix
   const count = (s: number) => statuses.set(s, (statuses.get(s) ?? 0) + 1)
   let sent = 0
   for (const route of ROUTES) {
-    for (const escape of ESCAPES) {
-      const path = `${route.path}${escape}`
+    for (const shape of ESCAPES) {
+      const path = `${route.path}${shape}`
       // HTTP/1.1, byte for byte.
       const h1 = await rawTls(
         port,
