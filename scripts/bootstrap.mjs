@@ -29,6 +29,8 @@ const wanted = [
   ['pebble', 'pebble'],
   ['openssl', 'openssl'],
   ['curl', 'curl'],
+  // The reliability suite's protocol/cipher scan (test/reliability/tls-scan.test.ts).
+  ['nmap', 'nmap'],
   ...(withBrowser
     ? [
         ['chromium', 'chromium'],
