@@ -111,7 +111,7 @@ describe('check 4: corrupt account and certificate files', () => {
     }
   }
 
-  for (const fraction of [0, 0.1, 0.5, 0.9, 0.99]) {
+  for (const fraction of [0, 0.5, 0.99]) {
     test(`certificate truncated to ${fraction * 100}%`, () =>
       runCase(
         `certificate truncated ${fraction * 100}%`,
@@ -157,7 +157,7 @@ describe('check 4: corrupt account and certificate files', () => {
     runCase('certificate wrong types', { a: JSON.stringify({ ...record(good.a), keyPem: 42 }) }, false))
 
   // Account damage: the certificate of A is missing too, so an order (and so the account) is needed.
-  for (const fraction of [0, 0.5]) {
+  for (const fraction of [0.5]) {
     test(`account truncated to ${fraction * 100}%`, () =>
       runCase(
         `account truncated ${fraction * 100}%`,
