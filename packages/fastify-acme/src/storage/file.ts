@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto'
 import { constants, promises as fs } from 'node:fs'
 import { hostname } from 'node:os'
-import { dirname, join, relative, sep } from 'node:path'
+import { basename, dirname, join, relative, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ERR_LOCK_TIMEOUT, ERR_STORAGE } from '../errors.js'
 import { assertKey, type LockOptions, type Storage, type Unlock } from './index.js'
@@ -82,6 +82,7 @@ export class FileStorage implements Storage {
       await fs.rm(tmp, { force: true }).catch(() => {})
       throw new ERR_STORAGE(`write of ${key}`, (err as Error).message, { cause: err })
     }
+    await removeOrphans(path).catch(() => {})
   }
 
   async delete(key: string): Promise<void> {
@@ -184,6 +185,35 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 /** True when the lock file names a process on this host that no longer exists (it died holding the lock). */
+/** A temp file this old cannot belong to a write still running. */
+const ORPHAN_AGE_MS = 60_000
+
+/**
+ * Removes the temp files of `path` left by writers that died mid-write (SIGKILL, power loss). Each is a copy of a
+ * record, maybe of a private key; nothing else ever removes them, so a crash-looping process would pile them up.
+ */
+async function removeOrphans(path: string): Promise<void> {
+  const dir = dirname(path)
+  const prefix = `${basename(path)}.tmp-`
+  for (const name of await fs.readdir(dir)) {
+    if (!name.startsWith(prefix)) continue
+    const pid = Number(name.slice(prefix.length).split('-')[0])
+    if (!Number.isInteger(pid) || pid === process.pid || processAlive(pid)) continue
+    const full = join(dir, name)
+    const stat = await fs.stat(full).catch(() => undefined)
+    if (stat && Date.now() - stat.mtimeMs > ORPHAN_AGE_MS) await fs.rm(full, { force: true })
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH'
+  }
+}
+
 async function holderIsDead(path: string): Promise<boolean> {
   const content = await fs.readFile(path, 'utf8').catch(() => '')
   const match = /"token":"(\d+)@([^:"]+):/.exec(content)
