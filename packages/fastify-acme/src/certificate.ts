@@ -17,6 +17,24 @@ export interface CertificateRecord {
   orderUrl?: string
   /** recordDigest(keyPem, chainPem) when written: finds a file damaged on disk that still parses. */
   digest?: string
+  /**
+   * recordSeal(record) when written (since 0.2): a digest over the name, key, chain and the metadata above. A record
+   * whose seal matches is the one this package checked (checkPair) and stored, so loading it needs no key or
+   * certificate parsing: its metadata is used as is and the full check runs in the background after listening.
+   */
+  seal?: string
+}
+
+/** The fields a seal covers, in a fixed order. */
+type Sealed = Pick<
+  CertificateRecord,
+  'name' | 'keyPem' | 'chainPem' | 'keyType' | 'notBefore' | 'notAfter' | 'serial' | 'issuer'
+>
+
+/** SHA-256 over the name, key, chain and metadata of a record (see CertificateRecord.seal). */
+export function recordSeal(r: Sealed): string {
+  const fields = [r.name, r.keyPem, r.chainPem, r.keyType, r.notBefore, r.notAfter, r.serial, r.issuer]
+  return createHash('sha256').update('autotls-record-v2\0').update(JSON.stringify(fields)).digest('hex')
 }
 
 /** SHA-256 over the key and the chain, stored in the record and checked when it is read back. */
@@ -104,7 +122,10 @@ export function checkPair(name: string, keyPem: string, chainPem: string): Certi
   return info
 }
 
-/** Parses a stored record, returning undefined (never throwing) for anything truncated or corrupt. */
+/**
+ * Parses a stored record, returning undefined (never throwing) for anything truncated or corrupt, including a digest
+ * or seal that does not match. A record returned with a `seal` is therefore sealed and intact.
+ */
 export function parseRecord(raw: Buffer | undefined): CertificateRecord | undefined {
   if (!raw) return undefined
   try {
@@ -113,6 +134,13 @@ export function parseRecord(raw: Buffer | undefined): CertificateRecord | undefi
       return undefined
     }
     if (value.digest !== undefined && value.digest !== recordDigest(value.keyPem, value.chainPem)) return undefined
+    if (value.seal !== undefined) {
+      for (const field of ['keyType', 'notBefore', 'notAfter', 'serial', 'issuer'] as const) {
+        if (typeof value[field] !== 'string') return undefined
+      }
+      if (Number.isNaN(Date.parse(value.notBefore!)) || Number.isNaN(Date.parse(value.notAfter!))) return undefined
+      if (value.seal !== recordSeal(value as Sealed)) return undefined
+    }
     return value as CertificateRecord
   } catch {
     return undefined

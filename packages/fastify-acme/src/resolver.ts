@@ -13,6 +13,8 @@ export interface KeyCertPair {
 interface Entry {
   pair: KeyCertPair
   context: SecureContext | undefined
+  /** Told when the lazy context cannot be built (the entry is gone by then). */
+  onInvalid?: ((err: Error) => void) | undefined
 }
 
 export type SniCallback = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void
@@ -22,7 +24,7 @@ export class CertResolver {
   readonly #challenges = new Map<string, SecureContext>()
   #fallback: Entry | undefined
   /** Counts handshakes answered per outcome; cheap integers, read by the status decorator and benchmarks. */
-  readonly stats = { hits: 0, misses: 0, contextsBuilt: 0 }
+  readonly stats = { hits: 0, misses: 0, contextsBuilt: 0, contextsFailed: 0 }
 
   /** Installs (or atomically replaces) the certificate served for `name`; handshakes already running keep theirs. */
   set(name: string, pair: KeyCertPair): void {
@@ -43,9 +45,13 @@ export class CertResolver {
     for (const name of names) this.#certs.set(normalizeServerName(name), entry)
   }
 
-  /** Like set(), but defers building the context to the first handshake (for loading many cached names). */
-  setLazy(name: string, pair: KeyCertPair): void {
-    this.#certs.set(normalizeServerName(name), { pair, context: undefined })
+  /**
+   * Like set(), but defers building the context to the first handshake (for loading many cached names). If it
+   * cannot be built then (a key that does not match its certificate), the entry is removed, that handshake is
+   * answered as for an unknown name, and `onInvalid` is told (asynchronously, outside the handshake).
+   */
+  setLazy(name: string, pair: KeyCertPair, onInvalid?: (err: Error) => void): void {
+    this.#certs.set(normalizeServerName(name), { pair, context: undefined, onInvalid })
   }
 
   delete(name: string): void {
@@ -79,22 +85,38 @@ export class CertResolver {
    */
   lookup(servername: string): SecureContext | undefined {
     const name = normalizeServerName(servername)
+    let key = name
     let entry = this.#certs.get(name)
     if (entry === undefined) {
       const dot = name.indexOf('.')
-      if (dot > 0) entry = this.#certs.get(`*${name.slice(dot)}`)
+      if (dot > 0) {
+        key = `*${name.slice(dot)}`
+        entry = this.#certs.get(key)
+      }
     }
+    if (entry !== undefined && entry.context === undefined && !this.#build(key, entry)) return this.lookup(servername)
     entry ??= this.#fallback
     if (entry === undefined) {
       this.stats.misses++
       return undefined
     }
     this.stats.hits++
-    if (entry.context === undefined) {
+    return entry.context
+  }
+
+  /** Builds a lazy entry's context; on failure removes the entry (so the caller looks up again) and says so. */
+  #build(key: string, entry: Entry): boolean {
+    try {
       entry.context = createSecureContext({ key: entry.pair.key, cert: entry.pair.cert })
       this.stats.contextsBuilt++
+      return true
+    } catch (err) {
+      this.stats.contextsFailed++
+      if (this.#certs.get(key) === entry) this.#certs.delete(key)
+      const notify = entry.onInvalid
+      if (notify) queueMicrotask(() => notify(err as Error))
+      return false
     }
-    return entry.context
   }
 
   /** SNICallback for the public TLS server. */

@@ -48,6 +48,7 @@ export const keys = {
   certificate: (dir: string, name: string) => `${dir}/certificates/${name}.json`,
   certificates: (dir: string) => `${dir}/certificates/`,
   state: (dir: string, name: string) => `${dir}/state/${name}.json`,
+  states: (dir: string) => `${dir}/state/`,
   orderLock: (dir: string, name: string) => `${dir}/locks/${name}`,
   accountLock: (dir: string) => `${dir}/locks/account`,
   challengeKey: (dir: string) => `${dir}/challenge-key.pem`,
