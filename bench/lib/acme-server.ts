@@ -15,7 +15,15 @@ export interface AcmeServer {
   spawnToServeMs: number
   /** Inside the process: creating the app, loading the store, listening. */
   loadedMs: number
-  stats(): Promise<{ rss: number; heapUsed: number; resolver: { contextsBuilt: number }; size: number }>
+  stats(): Promise<{
+    rss: number
+    heapUsed: number
+    resolver: { contextsBuilt: number }
+    size: number
+    /** The plugin's background check of its cached pairs, once finished (null before, or with --load=storage). */
+    check: { checked: number; of: number; rejected: number; ms: number } | null
+  }>
+  check(): Promise<{ check: { checked: number; of: number; rejected: number; ms: number } | null }>
   prewarm(count: number): Promise<{ built: number; ms: number }>
   peek(on: boolean): Promise<{ peek: boolean; stats: { peeked: number } }>
   stop(): Promise<void>
@@ -104,6 +112,7 @@ export async function startAcmeServer(o: {
       spawnToServeMs,
       loadedMs: ready.loadedMs,
       stats: () => get('/stats'),
+      check: () => get('/check'),
       prewarm: (count) => get(`/prewarm?count=${count}`),
       peek: (on) => get(`/peek?on=${on ? 1 : 0}`),
       stop: () => child.stop(),

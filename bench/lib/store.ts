@@ -6,12 +6,13 @@
 import { createHash, createPrivateKey, generateKeyPairSync, type KeyObject, randomBytes, sign } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { type CertificateRecord, directoryKey } from '@autotls/fastify-acme'
+import { type CertificateRecord, directoryKey, recordDigest, recordSeal } from '@autotls/fastify-acme'
 
 /** The ACME directory the store is filed under; never contacted (the SNI server runs with issueOnStart: false). */
 export const STORE_DIRECTORY_URL = 'https://acme.bench.invalid/directory'
 export const STORE_SUFFIX = 'sni.bench.test'
-const VERSION = 1
+// 3 (2 with an older seal): records carry a digest and a seal, as the plugin writes them (sealed records load without key parsing).
+const VERSION = 3
 const LIFETIME_DAYS = 90
 const MIN_REMAINING_DAYS = 45
 
@@ -219,7 +220,9 @@ export function ensureStore(root: string, count: number, log: (line: string) => 
       serial: leaf.serial,
       issuer: 'CN=autotls bench CA',
       issuedAt: new Date(now).toISOString(),
+      digest: recordDigest(leaf.keyPem, `${leaf.certPem}${issuer.pem}`),
     }
+    record.seal = recordSeal(record)
     writeFileSync(join(certDir, `${name}.json`), JSON.stringify(record), { mode: 0o600 })
     if ((i + 1) % 20_000 === 0) log(`  ${i + 1} certificates`)
   }

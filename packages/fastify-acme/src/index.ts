@@ -72,7 +72,15 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
 export const fastifyAcme = fp(plugin, { fastify: '5.x', name: '@autotls/fastify-acme' })
 export default fastifyAcme
 
-export { type CertificateInfo, type CertificateRecord, checkPair, inspectChain } from './certificate.js'
+export {
+  type CertificateInfo,
+  type CertificateRecord,
+  checkPair,
+  inspectChain,
+  parseRecord,
+  recordDigest,
+  recordSeal,
+} from './certificate.js'
 export { acmeHttp01, HTTP01_PREFIX } from './challenge-http.js'
 export { ACME_TLS_ALPN, isChallengeHello } from './challenge-tls-alpn.js'
 export type { FastifyAcme } from './decorator.js'

@@ -83,9 +83,13 @@ export const RESERVATION_BYTES = 16 * 1024
 /** Names whose cached certificate and retry state load() reads at the same time. */
 export const LOAD_CONCURRENCY = 256
 
-/** The background check of cached certificates works this long at a time, then pauses (about 25% of a core). */
+/**
+ * The background check of cached certificates works this long at a time, then pauses: briefly while the process
+ * is otherwise idle (half a core), long while it is busy serving (2% of a core), so it never competes with traffic.
+ */
 export const VERIFY_SLICE_MS = 5
-export const VERIFY_PAUSE_MS = 15
+export const VERIFY_PAUSE_IDLE_MS = 5
+export const VERIFY_PAUSE_BUSY_MS = 250
 /** ... and starts this long after the server listens. */
 export const VERIFY_DELAY_MS = 1000
 
@@ -205,10 +209,25 @@ export class CertificateManager {
     }
     // A bounded number of names in flight: reading every file at once runs out of file descriptors (EMFILE) past
     // ~20,000 names, and a failed read is taken for a missing certificate, which would be ordered again.
+    const started = performance.now()
     const entries = [...this.#entries.values()]
     for (let i = 0; i < entries.length; i += LOAD_CONCURRENCY) {
       await Promise.all(entries.slice(i, i + LOAD_CONCURRENCY).map(loadOne))
     }
+    const now = this.#clock.now()
+    let loaded = 0
+    let expired = 0
+    let unchecked = 0
+    for (const entry of entries) {
+      if (!entry.record) continue
+      loaded++
+      if (Date.parse(entry.record.notAfter) <= now) expired++
+      if (entry.verified === false) unchecked++
+    }
+    this.#log.info(
+      { names: entries.length, loaded, expired, unchecked, ms: Math.round(performance.now() - started) },
+      'fastify-acme: cached certificates loaded',
+    )
   }
 
   /** Serves a cached record (its context built at the first handshake) and reports it in the status. */
@@ -227,7 +246,8 @@ export class CertificateManager {
       issuer: record.issuer,
       serial: record.serial,
     })
-    this.#log.info(
+    // Per name at debug only: thousands of names would otherwise cost more in log lines than in loading.
+    this.#log.debug(
       { name, notAfter: record.notAfter, serial: record.serial },
       'fastify-acme: cached certificate loaded',
     )
@@ -245,8 +265,14 @@ export class CertificateManager {
     let rejected = 0
     let i = 0
     // Let the server get through its first connections before taking any CPU.
-    await sleep(VERIFY_DELAY_MS, undefined, { signal, ref: false }).catch(() => {})
+    let pause = VERIFY_DELAY_MS
     while (i < pending.length && !signal.aborted) {
+      // How busy the event loop was during the pause (our own slices excluded) sets the next pause.
+      const before = performance.eventLoopUtilization()
+      await sleep(pause, undefined, { signal, ref: false }).catch(() => {})
+      if (signal.aborted) break
+      const busy = performance.eventLoopUtilization(before).utilization > 0.5
+      pause = busy ? VERIFY_PAUSE_BUSY_MS : VERIFY_PAUSE_IDLE_MS
       const sliceEnd = performance.now() + VERIFY_SLICE_MS
       while (i < pending.length && performance.now() < sliceEnd) {
         const entry = pending[i++]!
@@ -261,10 +287,9 @@ export class CertificateManager {
           this.#unusable(entry, record, err as Error)
         }
       }
-      if (i < pending.length) await sleep(VERIFY_PAUSE_MS, undefined, { signal, ref: false }).catch(() => {})
     }
     this.#log.info(
-      { checked: i, rejected, ms: Math.round(performance.now() - started) },
+      { checked: i, of: pending.length, rejected, ms: Math.round(performance.now() - started) },
       'fastify-acme: cached certificates checked',
     )
   }
