@@ -4,6 +4,7 @@
 // X-Forwarded-For chain is kept and the peer address appended (and its -Proto / -Host kept when present).
 import { BlockList, isIP } from 'node:net'
 import { ERR_INVALID_OPTIONS } from './errors.js'
+import { endToEndCopy } from './headers.js'
 
 /** Request headers a client could use to lie about where it is; rewritten on every proxied request. */
 export const FORWARDING_HEADERS = [
@@ -98,11 +99,16 @@ function headerValue(value: unknown): string | undefined {
   return undefined
 }
 
-/**
- * Rewrites `headers` (the copy going upstream) in place: removes every forwarding header the client sent, then sets
- * them from the connection. From a trusted peer, the existing chain is kept and extended.
- */
-export function applyForwardingHeaders(headers: Record<string, unknown>, ctx: ForwardingContext): void {
+/** A forwarding header, also in the underscore spelling CGI-style upstreams read as the same variable. */
+function isForwardingHeader(name: string): boolean {
+  if (FORWARDING_SET.has(name)) return true
+  // CGI-style upstreams (PHP-FPM, WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as the same variable, so
+  // an underscore spelling would carry a client's lie past the rewrite (nginx drops such headers too).
+  return name.includes('_') && FORWARDING_SET.has(name.toLowerCase().replace(/_/g, '-'))
+}
+
+/** The forwarding headers to set, from the connection (and, from a trusted peer, the chain it sent). */
+function forwardingValues(headers: Record<string, unknown>, ctx: ForwardingContext): Array<[string, string]> {
   const peer = plainAddress(ctx.peer)
   const trusted = ctx.trusted(peer)
   const previousFor = trusted ? headerValue(headers['x-forwarded-for']) : undefined
@@ -110,19 +116,41 @@ export function applyForwardingHeaders(headers: Record<string, unknown>, ctx: Fo
   const previousHost = trusted ? headerValue(headers['x-forwarded-host']) : undefined
   const previousRealIp = trusted ? headerValue(headers['x-real-ip']) : undefined
   const previousForwarded = trusted ? headerValue(headers['forwarded']) : undefined
-  for (const name of FORWARDING_HEADERS) delete headers[name]
-  // CGI-style upstreams (PHP-FPM, WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as the same variable, so
-  // an underscore spelling would carry a client's lie past the rewrite above (nginx drops such headers too).
-  for (const name of Object.keys(headers)) {
-    if (name.includes('_') && FORWARDING_SET.has(name.toLowerCase().replace(/_/g, '-'))) delete headers[name]
-  }
+  const out: Array<[string, string]> = []
   if (peer !== undefined) {
-    headers['x-forwarded-for'] = previousFor ? `${previousFor}, ${peer}` : peer
+    out.push(['x-forwarded-for', previousFor ? `${previousFor}, ${peer}` : peer])
     const firstHop = previousFor?.split(',')[0]?.trim()
-    headers['x-real-ip'] = previousRealIp ?? (firstHop || peer)
+    out.push(['x-real-ip', previousRealIp ?? (firstHop || peer)])
   }
-  headers['x-forwarded-proto'] = previousProto ?? (ctx.secure ? 'https' : 'http')
+  out.push(['x-forwarded-proto', previousProto ?? (ctx.secure ? 'https' : 'http')])
   const host = previousHost ?? ctx.host
-  if (host !== undefined) headers['x-forwarded-host'] = host
-  if (previousForwarded !== undefined) headers['forwarded'] = previousForwarded
+  if (host !== undefined) out.push(['x-forwarded-host', host])
+  if (previousForwarded !== undefined) out.push(['forwarded', previousForwarded])
+  return out
+}
+
+/**
+ * Rewrites `headers` (the copy going upstream) in place: removes every forwarding header the client sent, then sets
+ * them from the connection. From a trusted peer, the existing chain is kept and extended.
+ */
+export function applyForwardingHeaders(headers: Record<string, unknown>, ctx: ForwardingContext): void {
+  const values = forwardingValues(headers, ctx)
+  for (const name of Object.keys(headers)) if (isForwardingHeader(name)) delete headers[name]
+  for (const [name, value] of values) headers[name] = value
+}
+
+/**
+ * The request headers for the upstream, as a new object made in one pass: the client's end-to-end headers without
+ * hop-by-hop and forwarding headers, then the forwarding headers set as applyForwardingHeaders() does.
+ */
+export function upstreamRequestHeaders(
+  headers: Record<string, unknown>,
+  ctx: ForwardingContext,
+): Record<string, unknown> {
+  // A trusted peer's chain counts only if its Connection header did not mark it hop-by-hop (rare: reply-from has
+  // already removed Connection and what it lists).
+  const source = headers['connection'] === undefined ? headers : endToEndCopy(headers)
+  const out = endToEndCopy(headers, isForwardingHeader)
+  for (const [name, value] of forwardingValues(source, ctx)) out[name] = value
+  return out
 }

@@ -225,7 +225,14 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
 
 export { type CertificatePlan, planCertificates } from './certificates.js'
 export * from './errors.js'
-export { applyForwardingHeaders, compileTrust, FORWARDING_HEADERS, type TrustFunction } from './forwarded.js'
+export {
+  applyForwardingHeaders,
+  compileTrust,
+  FORWARDING_HEADERS,
+  type TrustFunction,
+  upstreamRequestHeaders,
+} from './forwarded.js'
+export { endToEndCopy, HOP_BY_HOP, stripHopByHop } from './headers.js'
 export { HostTable, parseRouteHost, requestHost, wildcardOf } from './hosts.js'
 export {
   type ManualCertificateEvents,
@@ -262,4 +269,4 @@ export {
   resolveProxyOptions,
 } from './options.js'
 export { httpsLocation } from './redirect.js'
-export { pathProblem, stripHopByHop, VHOST_PREFIX } from './routes.js'
+export { pathProblem, VHOST_PREFIX } from './routes.js'

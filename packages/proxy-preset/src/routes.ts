@@ -26,7 +26,8 @@ import {
   ERR_UPSTREAM_UNAVAILABLE,
   ERR_WEBSOCKET_DISABLED,
 } from './errors.js'
-import { applyForwardingHeaders, type TrustFunction } from './forwarded.js'
+import { type TrustFunction, upstreamRequestHeaders } from './forwarded.js'
+import { endToEndCopy } from './headers.js'
 import { HostTable, requestHost } from './hosts.js'
 import type { ResolvedProxyOptions, ResolvedRoute } from './options.js'
 
@@ -101,12 +102,19 @@ export function createRewriteUrl(
   }
 }
 
+/** Characters all but one refusal of pathProblem() need: '%' (encodings), '\\', ';', NUL. */
+const SUSPECT = /[%\\;\0]/
+/** The remaining refusal, for a path without those: a '.' or '..' segment. */
+const DOT_SEGMENT = /(?:^|\/)\.\.?(?:\/|$)/
+
 /**
  * Why a path must not be proxied, or undefined. Refuses what could make an upstream (or a rewrite) resolve outside
  * the route's prefix: dot-segments (also percent-encoded or double-encoded), backslashes, NUL, and, unless allowed,
  * `;` path parameters (`/..;/` is a dot-segment to some servers).
  */
 export function pathProblem(rawPath: string, allowSemicolon: boolean): string | undefined {
+  // Most paths hold none of the characters the checks below are about: one scan instead of decoding and splitting.
+  if (!SUSPECT.test(rawPath)) return DOT_SEGMENT.test(rawPath) ? 'dot-segment in path' : undefined
   if (rawPath.includes('\\')) return 'backslash in path'
   let decoded: string
   try {
@@ -123,35 +131,6 @@ export function pathProblem(rawPath: string, allowSemicolon: boolean): string | 
   }
   if (/%(?:2e|2f|5c|00)/i.test(decoded)) return 'double-encoded dot, slash or backslash in path'
   return undefined
-}
-
-// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the legacy ones proxies are expected to drop.
-const HOP_BY_HOP = [
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-]
-
-function connectionTokens(value: unknown): string[] {
-  const text = Array.isArray(value) ? value.join(',') : typeof value === 'string' ? value : ''
-  return text
-    .toLowerCase()
-    .split(',')
-    .map((t) => t.trim())
-    .filter((t) => t !== '')
-}
-
-/** Removes hop-by-hop headers and every header the Connection header names. */
-export function stripHopByHop(headers: Record<string, unknown>): void {
-  for (const name of connectionTokens(headers['connection'])) delete headers[name]
-  for (const name of HOP_BY_HOP) delete headers[name]
 }
 
 function applyChanges(headers: Record<string, unknown>, changes: ResolvedRoute['requestHeaders']): void {
@@ -275,7 +254,8 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
           })
           done(null, payload.pipe(limit))
         })
-        siteApp.addHook('onRequest', async (request, reply) => {
+        // Callback-style hooks: an async hook costs a promise and a microtask turn per request.
+        siteApp.addHook('onRequest', (request, reply, done) => {
           const route = request.routeOptions.config as unknown as { proxyRoute?: ResolvedRoute }
           const target = route.proxyRoute
           const raw = request.raw as RawRequest
@@ -284,7 +264,8 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
           const problem = pathProblem(q < 0 ? rawUrl : rawUrl.slice(0, q), options.allowSemicolonInPath)
           if (problem !== undefined) {
             closeAfter(reply)
-            return reply.send(new ERR_BAD_PATH(problem))
+            reply.send(new ERR_BAD_PATH(problem))
+            return
           }
           // Fastify treats a request without Content-Type, Content-Length and Transfer-Encoding as bodiless; an
           // HTTP/2 request may still carry a body (no END_STREAM on its HEADERS). Mark it so the body is streamed
@@ -301,7 +282,8 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
           const length = Number(request.headers['content-length'] ?? 0)
           if (length > options.limits.bodyBytes) {
             closeAfter(reply)
-            return reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
+            reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
+            return
           }
           if (
             target &&
@@ -310,8 +292,10 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
             (anyWebsocket || /websocket/i.test(String(request.headers.upgrade)))
           ) {
             closeAfter(reply)
-            return reply.send(new ERR_WEBSOCKET_DISABLED(target.label))
+            reply.send(new ERR_WEBSOCKET_DISABLED(target.label))
+            return
           }
+          done()
         })
         for (const route of site.routes) registerRoute(siteApp, site, route, dispatcherFor(route), deps)
       },
@@ -321,13 +305,19 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
 
   // HTTP/2 enforces SETTINGS_MAX_HEADER_LIST_SIZE only once the client has acknowledged our SETTINGS; a request
   // sent with the connection preface is checked here instead (HPACK accounting: name + value + 32 per field).
-  app.addHook('onRequest', async (request, reply) => {
-    if (request.raw.httpVersionMajor !== 2) return
-    let size = 0
-    const raw = request.raw.rawHeaders
-    for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
-    if (size > options.limits.headerBytes) return reply.send(new ERR_HEADERS_TOO_LARGE(options.limits.headerBytes))
-  })
+  if (options.https.http2) {
+    app.addHook('onRequest', (request, reply, done) => {
+      if (request.raw.httpVersionMajor !== 2) return done()
+      let size = 0
+      const raw = request.raw.rawHeaders
+      for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
+      if (size > options.limits.headerBytes) {
+        reply.send(new ERR_HEADERS_TOO_LARGE(options.limits.headerBytes))
+        return
+      }
+      done()
+    })
+  }
 
   app.setNotFoundHandler((request, reply) => {
     const site = siteOf(request)
@@ -357,13 +347,14 @@ function registerRoute(
     const value = request.headers[':authority'] ?? request.headers.host
     return typeof value === 'string' ? value : undefined
   }
+  const changesRequest = route.requestHeaders.remove.length > 0 || route.requestHeaders.set.length > 0
+  const changesResponse = route.responseHeaders.remove.length > 0 || route.responseHeaders.set.length > 0
   const upstreamHeaders = (request: FastifyRequest, headers: Record<string, unknown>): Record<string, unknown> => {
-    stripHopByHop(headers)
     const host = originalHost(request)
-    applyForwardingHeaders(headers, { peer: request.socket.remoteAddress, secure: true, host, trusted })
-    if (route.preserveHost && host !== undefined) headers['host'] = host
-    applyChanges(headers, route.requestHeaders)
-    return headers
+    const out = upstreamRequestHeaders(headers, { peer: request.socket.remoteAddress, secure: true, host, trusted })
+    if (route.preserveHost && host !== undefined) out['host'] = host
+    if (changesRequest) applyChanges(out, route.requestHeaders)
+    return out
   }
 
   const onError = (reply: FastifyReply, { error }: { error: Error }): void => {
@@ -425,12 +416,12 @@ function registerRoute(
     replyOptions: {
       rewriteRequestHeaders: (request: FastifyRequest, headers: Record<string, unknown>) =>
         upstreamHeaders(request, headers) as never,
-      rewriteHeaders: (headers: Record<string, unknown>, request: FastifyRequest) => {
+      rewriteHeaders: (upstream: Record<string, unknown>, request: FastifyRequest) => {
+        const headers = endToEndCopy(upstream)
         const location = headers['location']
         if (typeof location === 'string')
           headers['location'] = publicLocation(location, route.path, route.rewritePrefix)
-        stripHopByHop(headers)
-        applyChanges(headers, route.responseHeaders)
+        if (changesResponse) applyChanges(headers, route.responseHeaders)
         // Draining: an HTTP/1.1 connection ends after its current response (HTTP/2 sessions get GOAWAY; requests that
         // arrive during the close get Fastify's 503 with Connection: close). A flag read, no per-request hook.
         if (draining() && request.raw.httpVersionMajor === 1) headers['connection'] = 'close'
