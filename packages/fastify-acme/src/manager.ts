@@ -166,12 +166,17 @@ export class CertificateManager {
       (found) => new Set(found.map((key) => key.slice(statePrefix.length))),
       () => undefined,
     )
-    const loadOne = async (entry: Entry): Promise<void> => {
+    const loadOne = async (entry: Entry, read: Buffer | undefined | Error): Promise<void> => {
       const name = entry.status.name
-      const raw = await this.#storage.get(keys.certificate(this.#dir, name)).catch((err: Error) => {
-        this.#log.error({ name, err }, 'fastify-acme: reading the cached certificate failed; treating it as missing')
-        return undefined
-      })
+      let raw: Buffer | undefined
+      if (read instanceof Error) {
+        this.#log.error(
+          { name, err: read },
+          'fastify-acme: reading the cached certificate failed; treating it as missing',
+        )
+      } else {
+        raw = read
+      }
       const record = parseRecord(raw)
       if (raw && !record)
         this.#log.warn({ name }, 'fastify-acme: cached certificate is corrupt; treating it as missing')
@@ -212,7 +217,12 @@ export class CertificateManager {
     const started = performance.now()
     const entries = [...this.#entries.values()]
     for (let i = 0; i < entries.length; i += LOAD_CONCURRENCY) {
-      await Promise.all(entries.slice(i, i + LOAD_CONCURRENCY).map(loadOne))
+      const chunk = entries.slice(i, i + LOAD_CONCURRENCY)
+      const paths = chunk.map((entry) => keys.certificate(this.#dir, entry.status.name))
+      const reads = this.#storage.getMany
+        ? await this.#storage.getMany(paths).catch((err: Error) => paths.map(() => err))
+        : await Promise.all(paths.map((key) => this.#storage.get(key).catch((err: Error) => err)))
+      await Promise.all(chunk.map((entry, j) => loadOne(entry, reads[j])))
     }
     const now = this.#clock.now()
     let loaded = 0

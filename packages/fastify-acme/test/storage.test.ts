@@ -188,3 +188,45 @@ describe('the plugin and a damaged cache', () => {
     await app.close()
   })
 })
+
+test('FileStorage.getMany: bytes, undefined for a missing key, an Error (FACME_STORAGE) for an unreadable one', async () => {
+  const root = join(await tempDir(), 'cache')
+  const s = new FileStorage(root)
+  await s.put('d/certificates/a.json', 'one')
+  await s.put('d/certificates/dir/x.json', 'inside')
+  const [a, missing, dir] = await s.getMany(['d/certificates/a.json', 'd/certificates/b.json', 'd/certificates/dir'])
+  assert.equal((a as Buffer).toString(), 'one')
+  assert.equal(missing, undefined)
+  assert.ok(dir instanceof Error)
+  assert.equal((dir as Error & { code?: string }).code, 'FACME_STORAGE')
+  await rm(root, { recursive: true, force: true })
+})
+
+test('load() reads cached certificates through getMany when the storage has it, and logs unreadable ones', async () => {
+  const storage = new MemoryStorage() as MemoryStorage & { getMany: Storage['getMany'] }
+  const batches: number[] = []
+  storage.getMany = async (list) => {
+    batches.push(list.length)
+    return list.map((key) => (key.endsWith('broken.test.json') ? new Error('EIO: simulated') : undefined))
+  }
+  const { default: Fastify } = await import('fastify')
+  const { acmeServerFactory, fastifyAcme } = await import('../src/index.js')
+  const lines: string[] = []
+  const app = Fastify({
+    serverFactory: acmeServerFactory(),
+    logger: { level: 'info', stream: { write: (l: string) => lines.push(l) } },
+  })
+  const names = Array.from({ length: 300 }, (_, i) => `n${i}.many.test`).concat('broken.test')
+  await app.register(fastifyAcme, {
+    names,
+    directory: 'https://127.0.0.1:9/dir',
+    termsOfServiceAgreed: true,
+    storage,
+    issueOnStart: false,
+  })
+  await app.ready()
+  assert.deepEqual(batches, [256, 45])
+  assert.ok(lines.some((l) => l.includes('reading the cached certificate failed') && l.includes('broken.test')))
+  assert.equal(app.acme.status('broken.test')?.state, 'pending')
+  await app.close()
+})

@@ -21,6 +21,11 @@ export interface Storage {
   delete(key: string): Promise<void>
   /** Every key that starts with `prefix` (a folder-like prefix ending in '/' or ''). */
   list(prefix: string): Promise<string[]>
+  /**
+   * Optional: reads several keys at once; per key the bytes, undefined when it does not exist, or the Error that
+   * reading it raised. Used at start to read the cached certificates of many names (see FileStorage.getMany).
+   */
+  getMany?(keys: readonly string[]): Promise<Array<Buffer | undefined | Error>>
   /** Exclusive lock on `key` across everyone sharing this storage; resolves with the function that releases it. */
   lock(key: string, options?: LockOptions): Promise<Unlock>
 }
