@@ -11,8 +11,8 @@ import { type CertificateRecord, directoryKey, recordDigest, recordSeal } from '
 /** The ACME directory the store is filed under; never contacted (the SNI server runs with issueOnStart: false). */
 export const STORE_DIRECTORY_URL = 'https://acme.bench.invalid/directory'
 export const STORE_SUFFIX = 'sni.bench.test'
-// 3 (2 with an older seal): records carry a digest and a seal, as the plugin writes them (sealed records load without key parsing).
-const VERSION = 3
+// 4 (2, 3: older seal formats): records carry a digest and a seal, as the plugin writes them (sealed records load without key parsing).
+const VERSION = 4
 const LIFETIME_DAYS = 90
 const MIN_REMAINING_DAYS = 45
 

@@ -18,9 +18,10 @@ export interface CertificateRecord {
   /** recordDigest(keyPem, chainPem) when written: finds a file damaged on disk that still parses. */
   digest?: string
   /**
-   * recordSeal(record) when written (since 0.2): a digest over the name, key, chain and the metadata above. A record
-   * whose seal matches is the one this package checked (checkPair) and stored, so loading it needs no key or
-   * certificate parsing: its metadata is used as is and the full check runs in the background after listening.
+   * recordSeal(record) when written: a digest over the name, key, chain and the metadata above, computed after the
+   * pair passed checkPair. A matching seal shows the record is intact since it was written (a plain hash finds
+   * damage, not forgery), so loading it needs no key or certificate parsing: its metadata is used as is, and the
+   * full check (which also corrects metadata that does not match the certificate) runs after listening.
    */
   seal?: string
 }

@@ -16,7 +16,14 @@ import {
   orderCertificate,
   trustRoots,
 } from './acme.js'
-import { type CertificateRecord, checkPair, parseRecord, recordDigest, recordSeal } from './certificate.js'
+import {
+  type CertificateInfo,
+  type CertificateRecord,
+  checkPair,
+  parseRecord,
+  recordDigest,
+  recordSeal,
+} from './certificate.js'
 import { ERR_CLOSED, ERR_ORDER_FAILED, ERR_UNKNOWN_NAME } from './errors.js'
 import type { AcmeEventEmitter } from './events.js'
 import { normalizeServerName } from './names.js'
@@ -25,7 +32,9 @@ import { OrderLimiter } from './rate-limit.js'
 import { nextAttemptDelay, renewalTime, retryDelay } from './renewal.js'
 import type { CertResolver } from './resolver.js'
 import { Scheduler } from './scheduler.js'
+import { FileStorage } from './storage/file.js'
 import { directoryKey, keys, type Storage } from './storage/index.js'
+import { MemoryStorage } from './storage/memory.js'
 
 export type NameState = 'pending' | 'valid' | 'expired' | 'ordering' | 'error'
 
@@ -160,12 +169,18 @@ export class CertificateManager {
    * the first handshake drops the name like a failed check. Older records are checked here, as before.
    */
   async load(): Promise<void> {
-    // Few names have retry state: one listing instead of one failed read per name.
+    // Few names have retry state: one listing instead of one failed read per name, with our own storages only (a
+    // custom one may page or stub list(); missing a retry state would reset a name's backoff).
     const statePrefix = keys.states(this.#dir)
-    const withState = await this.#storage.list(statePrefix).then(
-      (found) => new Set(found.map((key) => key.slice(statePrefix.length))),
-      () => undefined,
-    )
+    const ownStorage = this.#storage instanceof FileStorage || this.#storage instanceof MemoryStorage
+    const withState = ownStorage
+      ? await Promise.resolve()
+          .then(() => this.#storage.list(statePrefix))
+          .then((found) =>
+            Array.isArray(found) ? new Set(found.map((key) => String(key).slice(statePrefix.length))) : undefined,
+          )
+          .catch(() => undefined)
+      : undefined
     const loadOne = async (entry: Entry, read: Buffer | undefined | Error): Promise<void> => {
       const name = entry.status.name
       let raw: Buffer | undefined
@@ -219,9 +234,17 @@ export class CertificateManager {
     for (let i = 0; i < entries.length; i += LOAD_CONCURRENCY) {
       const chunk = entries.slice(i, i + LOAD_CONCURRENCY)
       const paths = chunk.map((entry) => keys.certificate(this.#dir, entry.status.name))
-      const reads = this.#storage.getMany
-        ? await this.#storage.getMany(paths).catch((err: Error) => paths.map(() => err))
-        : await Promise.all(paths.map((key) => this.#storage.get(key).catch((err: Error) => err)))
+      const many = this.#storage.getMany
+        ? await this.#storage.getMany(paths).catch((err: Error) => {
+            this.#log.warn({ err }, 'fastify-acme: batch read of cached certificates failed; reading them one by one')
+            return undefined
+          })
+        : undefined
+      // A failed or malformed batch is read again key by key: a read failure counts as a missing certificate.
+      const reads =
+        Array.isArray(many) && many.length === paths.length
+          ? many
+          : await Promise.all(paths.map((key) => this.#storage.get(key).catch((err: Error) => err)))
       await Promise.all(chunk.map((entry, j) => loadOne(entry, reads[j])))
     }
     const now = this.#clock.now()
@@ -290,8 +313,9 @@ export class CertificateManager {
         // Replaced by a new certificate (checked when issued) or dropped meanwhile.
         if (record === undefined || entry.verified !== false) continue
         try {
-          checkPair(entry.status.name, record.keyPem, record.chainPem)
+          const info = checkPair(entry.status.name, record.keyPem, record.chainPem)
           entry.verified = true
+          this.#matchMetadata(entry, record, info)
         } catch (err) {
           rejected++
           this.#unusable(entry, record, err as Error)
@@ -304,6 +328,39 @@ export class CertificateManager {
     )
   }
 
+  /**
+   * A sealed record's metadata should be what its certificate says (we wrote both); if not (a record made by another
+   * tool), the certificate wins: status and renewal time are corrected, the certificate is kept.
+   */
+  #matchMetadata(entry: Entry, record: CertificateRecord, info: CertificateInfo): void {
+    const notBefore = info.notBefore.toISOString()
+    const notAfter = info.notAfter.toISOString()
+    if (record.notBefore === notBefore && record.notAfter === notAfter && record.serial === info.serial) return
+    const name = entry.status.name
+    this.#log.warn(
+      { name, stored: { notAfter: record.notAfter, serial: record.serial }, actual: { notAfter, serial: info.serial } },
+      'fastify-acme: cached certificate metadata did not match the certificate; corrected',
+    )
+    const corrected = { ...record, notBefore, notAfter, serial: info.serial, issuer: info.issuer }
+    entry.record = corrected
+    this.#resolver.setLazy(name, { key: corrected.keyPem, cert: corrected.chainPem }, (err) =>
+      this.#unusable(entry, corrected, err),
+    )
+    if (entry.running) return
+    Object.assign(entry.status, {
+      state: Date.parse(notAfter) <= this.#clock.now() ? 'expired' : 'valid',
+      notBefore,
+      notAfter,
+      serial: info.serial,
+      issuer: info.issuer,
+    })
+    if (entry.status.nextAction?.kind === 'renew') {
+      const at = renewalTime(Date.parse(notBefore), Date.parse(notAfter), this.#o.renewBeforeRatio, this.#random)
+      if (this.#started) this.#setNext(entry, 'renew', at)
+      else entry.status.nextAction = { kind: 'renew', at: new Date(at).toISOString() }
+    }
+  }
+
   /** A cached certificate failed its check (in the background or at its first handshake): treat it as missing. */
   #unusable(entry: Entry, record: CertificateRecord, err: Error): void {
     if (entry.record !== record) return
@@ -313,12 +370,13 @@ export class CertificateManager {
     entry.record = undefined
     entry.verified = undefined
     const status = entry.status
-    status.state = status.failures > 0 ? 'error' : 'pending'
     delete status.notBefore
     delete status.notAfter
     delete status.issuer
     delete status.serial
+    // An order already running will install its certificate and set the state.
     if (entry.running) return
+    status.state = status.failures > 0 ? 'error' : 'pending'
     if (!this.#started) {
       this.#plan(entry, undefined)
     } else if (this.#o.issueOnStart) {
@@ -481,6 +539,9 @@ export class CertificateManager {
       if (reason !== 'manual' && (await this.#adoptStored(entry))) return structuredClone(entry.status)
       priorState = await this.#storage.get(keys.state(this.#dir, name)).catch(() => undefined)
       const retry = this.#parseRetry(priorState)
+      // The stored count is the truth (another process, or a retry state load() did not see): the next failure's
+      // backoff must continue from it.
+      if (retry && retry.failures > entry.status.failures) entry.status.failures = retry.failures
       if (reason !== 'manual' && retry && retry.nextAttemptAt > this.#clock.now()) {
         this.#setNext(entry, 'retry', retry.nextAttemptAt)
         return structuredClone(entry.status)

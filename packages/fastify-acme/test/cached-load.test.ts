@@ -2,6 +2,7 @@
 // checked in full in the background after listening, and dropped (treated as missing) when a check fails, whether
 // the background check or the first handshake finds it. Records without a seal are still checked before serving.
 import assert from 'node:assert/strict'
+import { X509Certificate } from 'node:crypto'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -10,7 +11,15 @@ import { createSecureContext } from 'node:tls'
 import { makeTestCertificates, startPebble } from '@autotls/pebble-harness'
 import Fastify from 'fastify'
 import { type CertificateRecord, parseRecord, recordDigest, recordSeal } from '../src/certificate.js'
-import { acmeServerFactory, CertResolver, directoryKey, fastifyAcme, MemoryStorage, wiringOf } from '../src/index.js'
+import {
+  acmeServerFactory,
+  CertResolver,
+  directoryKey,
+  FileStorage,
+  fastifyAcme,
+  MemoryStorage,
+  wiringOf,
+} from '../src/index.js'
 import { handshake, httpsGet, startApp, until } from './helpers.js'
 
 const DIRECTORY = 'https://127.0.0.1:9/dir'
@@ -185,4 +194,77 @@ test('a sealed cached certificate that fails its background check is ordered aga
   assert.equal(app.acme.ordersSent, 1)
   assert.notEqual(app.acme.status(name)?.serial, record.serial)
   assert.equal((await httpsGet(pebble.tlsPort, name, await pebble.issuingRoot())).status, 200)
+})
+
+async function readyApp(t: { after: (fn: () => unknown) => void }, names: string[], storage: unknown, listen = false) {
+  const lines: string[] = []
+  const app = Fastify({
+    serverFactory: acmeServerFactory(),
+    logger: { level: 'info', stream: { write: (l: string) => lines.push(l) } },
+  })
+  t.after(() => app.close())
+  await app.register(fastifyAcme, {
+    names,
+    directory: DIRECTORY,
+    termsOfServiceAgreed: true,
+    storage: storage as MemoryStorage,
+    issueOnStart: false,
+  })
+  if (listen) await app.listen({ port: 0, host: '127.0.0.1' })
+  else await app.ready()
+  return { app, lines }
+}
+
+test('retry state is found for a name containing ".tmp-" (FileStorage lists it like any key)', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'facme-tmpname-'))
+  t.after(() => rm(root, { recursive: true, force: true }))
+  const storage = new FileStorage(root)
+  const name = 'app.tmp-staging.cached.test'
+  const now = Date.now()
+  const state = { failures: 4, nextAttemptAt: now + 3_600_000, lastError: 'earlier failure', lastErrorAt: now }
+  await storage.put(`${directoryKey(DIRECTORY)}/state/${name}.json`, JSON.stringify(state))
+  const { app } = await readyApp(t, [name, 'plain.cached.test'], storage)
+  assert.equal(app.acme.status(name)?.failures, 4)
+  assert.equal(app.acme.status(name)?.nextAction?.kind, 'retry')
+})
+
+test('a storage whose list() returns no array, or whose getMany() fails, still loads every name', async (t) => {
+  const certs = await makeTestCertificates({ names: ['odd.cached.test'] })
+  class OddStorage extends MemoryStorage {
+    override async list(): Promise<string[]> {
+      return undefined as never
+    }
+    async getMany(): Promise<Array<Buffer | undefined | Error>> {
+      throw new Error('batch reads are broken here')
+    }
+  }
+  const storage = new OddStorage()
+  const record = sealed('odd.cached.test', certs.key, certs.cert, '21')
+  await storage.put(`${directoryKey(DIRECTORY)}/certificates/odd.cached.test.json`, JSON.stringify(record))
+  const { app, lines } = await readyApp(t, ['odd.cached.test'], storage)
+  assert.equal(app.acme.status('odd.cached.test')?.state, 'valid')
+  assert.equal(app.acme.status('odd.cached.test')?.serial, '21')
+  assert.ok(lines.some((l) => l.includes('batch read of cached certificates failed')))
+})
+
+test('the background check corrects sealed metadata that does not match the certificate, and keeps serving it', async (t) => {
+  const certs = await makeTestCertificates({ names: ['meta.cached.test'] })
+  const storage = new MemoryStorage()
+  const wrong = sealed('meta.cached.test', certs.key, certs.cert, 'BAD')
+  wrong.notAfter = '2099-01-01T00:00:00.000Z'
+  wrong.seal = recordSeal(wrong)
+  await storage.put(`${directoryKey(DIRECTORY)}/certificates/meta.cached.test.json`, JSON.stringify(wrong))
+  const { app, lines } = await readyApp(t, ['meta.cached.test'], storage, true)
+  assert.equal(app.acme.status('meta.cached.test')?.notAfter, '2099-01-01T00:00:00.000Z', 'metadata used at start')
+  await until(() => lines.some((l) => l.includes('cached certificates checked')), 10_000, 'the background check')
+  assert.ok(lines.some((l) => l.includes('metadata did not match the certificate')))
+  const status = app.acme.status('meta.cached.test')!
+  const actual = new X509Certificate(certs.cert)
+  assert.equal(status.notAfter, new Date(actual.validTo).toISOString())
+  assert.equal(status.serial, actual.serialNumber)
+  assert.equal(status.state, 'valid')
+  assert.ok(Date.parse(status.nextAction!.at) < Date.parse(status.notAfter!), 'renewal planned from the real expiry')
+  const port = (app.server.address() as { port: number }).port
+  const served = await handshake({ port, servername: 'meta.cached.test' })
+  assert.ok(served.ok, 'still served')
 })

@@ -1,10 +1,86 @@
-// The hot-path header rewriting (one-pass copies) against the in-place functions it replaced, on generated header
-// sets, and the path guard's fast path against the full decoding check.
+// The hot-path header rewriting (one-pass copies) against the in-place functions it replaced (kept here verbatim
+// as the oracle), on generated header sets, and the path guard's fast path against the full decoding check.
 import assert from 'node:assert/strict'
+import { isIP } from 'node:net'
 import { test } from 'node:test'
-import { applyForwardingHeaders, upstreamRequestHeaders } from '../src/forwarded.js'
-import { endToEndCopy, stripHopByHop } from '../src/headers.js'
+import { upstreamRequestHeaders } from '../src/forwarded.js'
+import { endToEndCopy } from '../src/headers.js'
 import { pathProblem } from '../src/routes.js'
+
+// --- the oracle: the in-place functions as they were before the one-pass copies (commit 99aff04), verbatim ----
+
+const OLD_HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]
+function oldConnectionTokens(value: unknown): string[] {
+  const text = Array.isArray(value) ? value.join(',') : typeof value === 'string' ? value : ''
+  return text
+    .toLowerCase()
+    .split(',')
+    .map((t) => t.trim())
+    .filter((t) => t !== '')
+}
+function oldStripHopByHop(headers: Record<string, unknown>): void {
+  for (const name of oldConnectionTokens(headers['connection'])) delete headers[name]
+  for (const name of OLD_HOP_BY_HOP) delete headers[name]
+}
+const OLD_FORWARDING = [
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-forwarded-port',
+  'x-real-ip',
+]
+const OLD_FORWARDING_SET = new Set<string>(OLD_FORWARDING)
+function oldPlainAddress(address: string | undefined): string | undefined {
+  if (address === undefined) return undefined
+  return address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address
+}
+function oldHeaderValue(value: unknown): string | undefined {
+  if (typeof value === 'string') return value
+  if (Array.isArray(value)) return value.join(', ')
+  return undefined
+}
+function oldApplyForwardingHeaders(
+  headers: Record<string, unknown>,
+  ctx: {
+    peer: string | undefined
+    secure: boolean
+    host: string | undefined
+    trusted: (a: string | undefined) => boolean
+  },
+): void {
+  const peer = oldPlainAddress(ctx.peer)
+  const trusted = ctx.trusted(peer)
+  const previousFor = trusted ? oldHeaderValue(headers['x-forwarded-for']) : undefined
+  const previousProto = trusted ? oldHeaderValue(headers['x-forwarded-proto']) : undefined
+  const previousHost = trusted ? oldHeaderValue(headers['x-forwarded-host']) : undefined
+  const previousRealIp = trusted ? oldHeaderValue(headers['x-real-ip']) : undefined
+  const previousForwarded = trusted ? oldHeaderValue(headers['forwarded']) : undefined
+  for (const name of OLD_FORWARDING) delete headers[name]
+  for (const name of Object.keys(headers)) {
+    if (name.includes('_') && OLD_FORWARDING_SET.has(name.toLowerCase().replace(/_/g, '-'))) delete headers[name]
+  }
+  if (peer !== undefined) {
+    headers['x-forwarded-for'] = previousFor ? `${previousFor}, ${peer}` : peer
+    const firstHop = previousFor?.split(',')[0]?.trim()
+    headers['x-real-ip'] = previousRealIp ?? (firstHop || peer)
+  }
+  headers['x-forwarded-proto'] = previousProto ?? (ctx.secure ? 'https' : 'http')
+  const host = previousHost ?? ctx.host
+  if (host !== undefined) headers['x-forwarded-host'] = host
+  if (previousForwarded !== undefined) headers['forwarded'] = previousForwarded
+}
 
 /** A small deterministic generator (mulberry32), so a failure can be replayed from its seed. */
 function random(seed: number): () => number {
@@ -41,6 +117,7 @@ const NAMES = [
   'x-custom',
   'x_custom',
   'authorization',
+  'set-cookie',
 ]
 
 function headerSet(next: () => number): Record<string, unknown> {
@@ -57,7 +134,7 @@ function headerSet(next: () => number): Record<string, unknown> {
   return headers
 }
 
-test('upstreamRequestHeaders() equals stripHopByHop() + applyForwardingHeaders() on 5,000 header sets', () => {
+test('upstreamRequestHeaders() equals the old stripHopByHop() + applyForwardingHeaders() on 5,000 header sets', () => {
   const next = random(2026)
   for (let i = 0; i < 5000; i++) {
     const headers = headerSet(next)
@@ -69,8 +146,8 @@ test('upstreamRequestHeaders() equals stripHopByHop() + applyForwardingHeaders()
       trusted: () => trustedPeer,
     }
     const expected = structuredClone(headers)
-    stripHopByHop(expected)
-    applyForwardingHeaders(expected, ctx)
+    oldStripHopByHop(expected)
+    oldApplyForwardingHeaders(expected, ctx)
     const before = structuredClone(headers)
     const actual = upstreamRequestHeaders(headers, ctx)
     assert.deepEqual(actual, expected, `case ${i}: ${JSON.stringify(headers)}`)
@@ -78,12 +155,12 @@ test('upstreamRequestHeaders() equals stripHopByHop() + applyForwardingHeaders()
   }
 })
 
-test('endToEndCopy() equals stripHopByHop() on 5,000 header sets', () => {
+test('endToEndCopy() equals the old stripHopByHop() on 5,000 header sets', () => {
   const next = random(7)
   for (let i = 0; i < 5000; i++) {
     const headers = headerSet(next)
     const expected = structuredClone(headers)
-    stripHopByHop(expected)
+    oldStripHopByHop(expected)
     assert.deepEqual(endToEndCopy(headers), expected, `case ${i}: ${JSON.stringify(headers)}`)
   }
 })

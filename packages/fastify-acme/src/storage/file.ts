@@ -15,6 +15,8 @@ const DIR_MODE = 0o700
 export const LOCK_STALE_MS = 20_000
 const LOCK_REFRESH_MS = 5_000
 const LOCK_POLL_MS = 200
+/** The temp files put() writes (`<name>.tmp-<pid>-<12 hex>`); a key may itself contain '.tmp-' (a host name can). */
+const TEMP_FILE = /\.tmp-\d+-[0-9a-f]{12}$/
 
 export class FileStorage implements Storage {
   readonly root: string
@@ -129,7 +131,7 @@ export class FileStorage implements Storage {
       for (const entry of entries) {
         const full = join(dir, entry.name)
         if (entry.isDirectory()) await walk(full)
-        else if (entry.isFile() && !entry.name.includes('.tmp-') && !entry.name.endsWith('.lock')) {
+        else if (entry.isFile() && !TEMP_FILE.test(entry.name) && !entry.name.endsWith('.lock')) {
           const key = relative(this.root, full).split(sep).join('/')
           if (key.startsWith(prefix)) out.push(key)
         }
