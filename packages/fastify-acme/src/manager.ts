@@ -200,20 +200,18 @@ export class CertificateManager {
       } else if (record) {
         try {
           const info = checkPair(name, record.keyPem, record.chainPem)
-          this.#serveCached(
-            entry,
-            {
-              ...record,
-              notBefore: info.notBefore.toISOString(),
-              notAfter: info.notAfter.toISOString(),
-              issuer: info.issuer,
-              serial: info.serial,
-            },
-            true,
-          )
+          this.#serveCached(entry, withCertificateFacts(record, info), true)
         } catch (err) {
           this.#log.warn({ name, err }, 'fastify-acme: cached certificate is unusable; treating it as missing')
         }
+      }
+      if (entry.record) {
+        entry.loaded = true
+        // Per name at debug only: thousands of names would otherwise cost more in log lines than in loading.
+        this.#log.debug(
+          { name, notAfter: entry.record.notAfter, serial: entry.record.serial },
+          'fastify-acme: cached certificate loaded',
+        )
       }
       const retry = withState === undefined || withState.has(`${name}.json`) ? await this.#readRetry(name) : undefined
       if (retry) {
@@ -263,15 +261,17 @@ export class CertificateManager {
     )
   }
 
-  /** Serves a cached record (its context built at the first handshake) and reports it in the status. */
+  /**
+   * Serves a stored record (its context built at the first handshake) and reports it in the status, unless an order
+   * is running (its result will set the status).
+   */
   #serveCached(entry: Entry, record: CertificateRecord, verified: boolean): void {
-    const name = entry.status.name
-    this.#resolver.setLazy(name, { key: record.keyPem, cert: record.chainPem }, (err) =>
+    this.#resolver.setLazy(entry.status.name, { key: record.keyPem, cert: record.chainPem }, (err) =>
       this.#unusable(entry, record, err),
     )
     entry.record = record
     entry.verified = verified
-    entry.loaded = true
+    if (entry.running) return
     Object.assign(entry.status, {
       state: Date.parse(record.notAfter) <= this.#clock.now() ? 'expired' : 'valid',
       notBefore: record.notBefore,
@@ -279,11 +279,6 @@ export class CertificateManager {
       issuer: record.issuer,
       serial: record.serial,
     })
-    // Per name at debug only: thousands of names would otherwise cost more in log lines than in loading.
-    this.#log.debug(
-      { name, notAfter: record.notAfter, serial: record.serial },
-      'fastify-acme: cached certificate loaded',
-    )
   }
 
   /**
@@ -333,31 +328,27 @@ export class CertificateManager {
    * tool), the certificate wins: status and renewal time are corrected, the certificate is kept.
    */
   #matchMetadata(entry: Entry, record: CertificateRecord, info: CertificateInfo): void {
-    const notBefore = info.notBefore.toISOString()
-    const notAfter = info.notAfter.toISOString()
-    if (record.notBefore === notBefore && record.notAfter === notAfter && record.serial === info.serial) return
-    const name = entry.status.name
+    const actual = withCertificateFacts(record, info)
+    if (actual.notBefore === record.notBefore && actual.notAfter === record.notAfter && actual.serial === record.serial)
+      return
     this.#log.warn(
-      { name, stored: { notAfter: record.notAfter, serial: record.serial }, actual: { notAfter, serial: info.serial } },
+      {
+        name: entry.status.name,
+        stored: { notAfter: record.notAfter, serial: record.serial },
+        actual: { notAfter: actual.notAfter, serial: actual.serial },
+      },
       'fastify-acme: cached certificate metadata did not match the certificate; corrected',
     )
-    const corrected = { ...record, notBefore, notAfter, serial: info.serial, issuer: info.issuer }
-    entry.record = corrected
-    this.#resolver.setLazy(name, { key: corrected.keyPem, cert: corrected.chainPem }, (err) =>
-      this.#unusable(entry, corrected, err),
-    )
-    if (entry.running) return
-    Object.assign(entry.status, {
-      state: Date.parse(notAfter) <= this.#clock.now() ? 'expired' : 'valid',
-      notBefore,
-      notAfter,
-      serial: info.serial,
-      issuer: info.issuer,
-    })
-    if (entry.status.nextAction?.kind === 'renew') {
-      const at = renewalTime(Date.parse(notBefore), Date.parse(notAfter), this.#o.renewBeforeRatio, this.#random)
-      if (this.#started) this.#setNext(entry, 'renew', at)
-      else entry.status.nextAction = { kind: 'renew', at: new Date(at).toISOString() }
+    this.#serveCached(entry, actual, true)
+    // Only called after start(), from the background check.
+    if (!entry.running && entry.status.nextAction?.kind === 'renew') {
+      const at = renewalTime(
+        Date.parse(actual.notBefore),
+        Date.parse(actual.notAfter),
+        this.#o.renewBeforeRatio,
+        this.#random,
+      )
+      this.#setNext(entry, 'renew', at)
     }
   }
 
@@ -874,6 +865,17 @@ export class CertificateManager {
   #remove(c: ChallengeToPresent): void {
     if (c.type === 'tls-alpn-01') this.#resolver.deleteChallenge(c.name)
     if (c.type === 'http-01') this.#http01.delete(c.token)
+  }
+}
+
+/** The record with its dates, serial and issuer as its certificate states them. */
+function withCertificateFacts(record: CertificateRecord, info: CertificateInfo): CertificateRecord {
+  return {
+    ...record,
+    notBefore: info.notBefore.toISOString(),
+    notAfter: info.notAfter.toISOString(),
+    serial: info.serial,
+    issuer: info.issuer,
   }
 }
 
