@@ -18,9 +18,10 @@ import {
   FileStorage,
   fastifyAcme,
   MemoryStorage,
+  type Storage,
   wiringOf,
 } from '../src/index.js'
-import { handshake, httpsGet, startApp, until } from './helpers.js'
+import { handshake, httpsGet, pebbleAcme, startApp, until } from './helpers.js'
 
 const DIRECTORY = 'https://127.0.0.1:9/dir'
 
@@ -104,20 +105,7 @@ test('sealed records are served unchecked at start, checked after listening, and
   const { seal: _s, digest: _d, ...old } = sealed(names[3]!, good.key, legacy.cert, '13')
   await storage.put(`${dir}/certificates/${names[3]}.json`, JSON.stringify(old))
 
-  const lines: string[] = []
-  const app = Fastify({
-    serverFactory: acmeServerFactory(),
-    logger: { level: 'info', stream: { write: (l: string) => lines.push(l) } },
-  })
-  t.after(() => app.close())
-  await app.register(fastifyAcme, {
-    names,
-    directory: DIRECTORY,
-    termsOfServiceAgreed: true,
-    storage,
-    issueOnStart: false,
-  })
-  await app.ready()
+  const { app, lines } = await readyApp(t, names, storage)
   // Before listening: the sealed ones are served from metadata (all three, unchecked); the unsealed bad one is not.
   assert.deepEqual(
     names.map((n) => app.acme.status(n)?.state),
@@ -168,10 +156,7 @@ test('a sealed cached certificate that fails its background check is ordered aga
   t.after(() => rm(cacheDir, { recursive: true, force: true }))
   const name = 'resealed.acme.test'
   const acme = {
-    names: [name],
-    directory: pebble.directoryUrl,
-    termsOfServiceAgreed: true,
-    caRoots: pebble.caBundle,
+    ...pebbleAcme(pebble, [name]),
     cacheDir,
   }
   const first = await startApp({ port: pebble.tlsPort, acme })
@@ -196,7 +181,8 @@ test('a sealed cached certificate that fails its background check is ordered aga
   assert.equal((await httpsGet(pebble.tlsPort, name, await pebble.issuingRoot())).status, 200)
 })
 
-async function readyApp(t: { after: (fn: () => unknown) => void }, names: string[], storage: unknown, listen = false) {
+/** An app on the plugin (issueOnStart off, the CA never contacted) with its log lines, ready or listening. */
+async function readyApp(t: { after: (fn: () => unknown) => void }, names: string[], storage: Storage, listen = false) {
   const lines: string[] = []
   const app = Fastify({
     serverFactory: acmeServerFactory(),
@@ -207,7 +193,7 @@ async function readyApp(t: { after: (fn: () => unknown) => void }, names: string
     names,
     directory: DIRECTORY,
     termsOfServiceAgreed: true,
-    storage: storage as MemoryStorage,
+    storage,
     issueOnStart: false,
   })
   if (listen) await app.listen({ port: 0, host: '127.0.0.1' })

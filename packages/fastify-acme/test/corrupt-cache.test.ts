@@ -9,7 +9,7 @@ import { test } from 'node:test'
 import { startPebble } from '@autotls/pebble-harness'
 import { parseRecord, recordDigest } from '../src/certificate.js'
 import { checkPair, directoryKey, FileStorage } from '../src/index.js'
-import { httpsGet, startApp } from './helpers.js'
+import { httpsGet, pebbleAcme, startApp } from './helpers.js'
 
 function flipBefore(text: string, marker: string, occurrence: number, back: number): string {
   let at = -1
@@ -27,10 +27,7 @@ test('a stored certificate with a damaged signature or a wrong digest is unusabl
   const app = await startApp({
     port: pebble.tlsPort,
     acme: {
-      names: [name],
-      directory: pebble.directoryUrl,
-      termsOfServiceAgreed: true,
-      caRoots: pebble.caBundle,
+      ...pebbleAcme(pebble, [name]),
       cacheDir: dir,
     },
   })
@@ -55,10 +52,7 @@ test('a stored certificate with a damaged signature or a wrong digest is unusabl
   const again = await startApp({
     port: pebble.tlsPort,
     acme: {
-      names: [name],
-      directory: pebble.directoryUrl,
-      termsOfServiceAgreed: true,
-      caRoots: pebble.caBundle,
+      ...pebbleAcme(pebble, [name]),
       cacheDir: dir,
     },
   })
@@ -91,10 +85,7 @@ test('a stored account whose key is damaged is replaced by a new account, and or
     port: pebble.tlsPort,
     logLines: lines,
     acme: {
-      names: ['account.acme.test'],
-      directory: pebble.directoryUrl,
-      termsOfServiceAgreed: true,
-      caRoots: pebble.caBundle,
+      ...pebbleAcme(pebble, ['account.acme.test']),
       storage,
     },
   })

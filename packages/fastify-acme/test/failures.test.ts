@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { countOrders, freePort, startCaProxy, startPebble } from '@autotls/pebble-harness'
 import { FileStorage, MemoryStorage } from '../src/index.js'
-import { startApp, until } from './helpers.js'
+import { pebbleAcme, startApp, until } from './helpers.js'
 
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = []
@@ -24,10 +24,7 @@ describe('crash loop', () => {
     const cacheDir = await mkdtemp(join(tmpdir(), 'facme-crash-'))
     const name = 'crash.acme.test'
     const options = {
-      names: [name],
-      directory: pebble.directoryUrl,
-      termsOfServiceAgreed: true as const,
-      caRoots: pebble.caBundle,
+      ...pebbleAcme(pebble, [name]),
       cacheDir,
       retryMinMs: 1000,
     }

@@ -2,6 +2,7 @@
 import { connect as h2connect } from 'node:http2'
 import { type RequestOptions, request } from 'node:https'
 import { type DetailedPeerCertificate, type PeerCertificate, connect as tlsConnect } from 'node:tls'
+import type { Pebble } from '@autotls/pebble-harness'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { acmeServerFactory, type FastifyAcmeOptions, fastifyAcme } from '../src/index.js'
 
@@ -12,6 +13,11 @@ export interface AppOptions {
   defaultCertificate?: { key: string; cert: string }
   /** Collects the app's log lines (JSON) at info level. */
   logLines?: string[]
+}
+
+/** The options every test against the harness's Pebble repeats: its directory and roots, the terms agreed. */
+export function pebbleAcme(pebble: Pebble, names: string[]) {
+  return { names, directory: pebble.directoryUrl, termsOfServiceAgreed: true as const, caRoots: pebble.caBundle }
 }
 
 export async function startApp(opts: AppOptions): Promise<FastifyInstance> {

@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test'
 import { countOrders, type Pebble, startPebble } from '@autotls/pebble-harness'
 import Fastify from 'fastify'
 import { acmeHttp01, acmeServerFactory, FileStorage, fastifyAcme, MemoryStorage } from '../src/index.js'
-import { h2Get, httpsGet, startApp } from './helpers.js'
+import { h2Get, httpsGet, pebbleAcme, startApp } from './helpers.js'
 
 describe('TLS-ALPN-01 issuance', () => {
   let pebble: Pebble
@@ -108,10 +108,7 @@ describe('HTTP/2 and HTTP-01', () => {
       http2: true,
       port: pebble.tlsPort,
       acme: {
-        names: [name],
-        directory: pebble.directoryUrl,
-        termsOfServiceAgreed: true,
-        caRoots: pebble.caBundle,
+        ...pebbleAcme(pebble, [name]),
         storage: new MemoryStorage(),
       },
     })
@@ -134,10 +131,7 @@ describe('HTTP/2 and HTTP-01', () => {
     const app = await startApp({
       port: pebble.tlsPort,
       acme: {
-        names: [name],
-        directory: pebble.directoryUrl,
-        termsOfServiceAgreed: true,
-        caRoots: pebble.caBundle,
+        ...pebbleAcme(pebble, [name]),
         challenges: ['http-01'],
         storage: new FileStorage(await mkdtemp(join(tmpdir(), 'facme-h01-'))),
         issueOnStart: false,
@@ -191,10 +185,7 @@ describe('hostile CA conditions', () => {
     const app = await startApp({
       port: pebble.tlsPort,
       acme: {
-        names: [name],
-        directory: pebble.directoryUrl,
-        termsOfServiceAgreed: true,
-        caRoots: pebble.caBundle,
+        ...pebbleAcme(pebble, [name]),
         storage: new MemoryStorage(),
       },
     })
@@ -229,10 +220,7 @@ describe('external account binding and log hygiene', () => {
     const { fastifyAcme } = await import('../src/index.js')
     const storage = new MemoryStorage()
     await app.register(fastifyAcme, {
-      names: [name],
-      directory: pebble.directoryUrl,
-      termsOfServiceAgreed: true,
-      caRoots: pebble.caBundle,
+      ...pebbleAcme(pebble, [name]),
       eab,
       storage,
     })
@@ -262,10 +250,7 @@ describe('external account binding and log hygiene', () => {
     const app = await startApp({
       port: pebble.tlsPort,
       acme: {
-        names: [name],
-        directory: pebble.directoryUrl,
-        termsOfServiceAgreed: true,
-        caRoots: pebble.caBundle,
+        ...pebbleAcme(pebble, [name]),
         storage: new MemoryStorage(),
         issueOnStart: false,
       },
@@ -293,10 +278,7 @@ describe('challenge fallback', () => {
     const app = await startApp({
       port: await freePort(),
       acme: {
-        names: [name],
-        directory: pebble.directoryUrl,
-        termsOfServiceAgreed: true,
-        caRoots: pebble.caBundle,
+        ...pebbleAcme(pebble, [name]),
         challenges: ['tls-alpn-01', 'http-01'],
         storage: new MemoryStorage(),
         issueOnStart: false,

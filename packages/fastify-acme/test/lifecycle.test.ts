@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { startPebble } from '@autotls/pebble-harness'
 import { FileStorage, MemoryStorage } from '../src/index.js'
-import { handshake, httpsGet, startApp, startLoad, until } from './helpers.js'
+import { handshake, httpsGet, pebbleAcme, startApp, startLoad, until } from './helpers.js'
 
 function keepAliveGet(
   agent: Agent,
@@ -36,10 +36,7 @@ describe('renewal and live swap', () => {
     const app = await startApp({
       port: pebble.tlsPort,
       acme: {
-        names: [name],
-        directory: pebble.directoryUrl,
-        termsOfServiceAgreed: true,
-        caRoots: pebble.caBundle,
+        ...pebbleAcme(pebble, [name]),
         storage: new FileStorage(await mkdtemp(join(tmpdir(), 'facme-renew-'))),
         renewBeforeRatio: 0.5,
         retryMinMs: 500,
@@ -89,10 +86,7 @@ describe('renewal and live swap', () => {
     const app = await startApp({
       port: pebble.tlsPort,
       acme: {
-        names: [name],
-        directory: pebble.directoryUrl,
-        termsOfServiceAgreed: true,
-        caRoots: pebble.caBundle,
+        ...pebbleAcme(pebble, [name]),
         storage: new MemoryStorage(),
         renewBeforeRatio: 0.8,
         retryMinMs: 500,
@@ -149,10 +143,7 @@ describe('expired at start', () => {
     const name = 'expired.acme.test'
     const storage = new FileStorage(await mkdtemp(join(tmpdir(), 'facme-expired-')))
     const acme = {
-      names: [name],
-      directory: pebble.directoryUrl,
-      termsOfServiceAgreed: true as const,
-      caRoots: pebble.caBundle,
+      ...pebbleAcme(pebble, [name]),
       storage,
       retryMinMs: 300,
       retryMaxMs: 1000,
@@ -193,10 +184,7 @@ describe('issueOnStart: false', () => {
     const pebble = await startPebble({ certificateValidityPeriod: 6 })
     const storage = new MemoryStorage()
     const acme = {
-      names: ['manual1.acme.test', 'manual2.acme.test'],
-      directory: pebble.directoryUrl,
-      termsOfServiceAgreed: true as const,
-      caRoots: pebble.caBundle,
+      ...pebbleAcme(pebble, ['manual1.acme.test', 'manual2.acme.test']),
       storage,
       renewBeforeRatio: 0.5,
       issueOnStart: false,

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { countOrders, startPebble } from '@autotls/pebble-harness'
 import { ERR_STORAGE, type LockOptions, MemoryStorage, type Storage, type Unlock } from '../src/index.js'
-import { startApp } from './helpers.js'
+import { pebbleAcme, startApp } from './helpers.js'
 
 /** MemoryStorage that refuses a write which would take the total size of the stored values over `quota` bytes. */
 class QuotaStorage implements Storage {
@@ -50,10 +50,7 @@ test('a storage without room for the certificate never gets an order sent, nor a
     const app = await startApp({
       port: pebble.tlsPort,
       acme: {
-        names: [name],
-        directory: pebble.directoryUrl,
-        termsOfServiceAgreed: true,
-        caRoots: pebble.caBundle,
+        ...pebbleAcme(pebble, [name]),
         storage,
       },
     })
