@@ -222,6 +222,11 @@ const ref = (peer: string, metric: Metric, pick: (r: LoadResult) => number | und
   med(results.get(PEERS[peer]?.name ?? '')?.get(metric) ?? [], pick)
 const vs = (metric: Metric, pick: (r: LoadResult) => number | undefined, peer: string) => (runs: LoadResult[]) =>
   ratio(med(runs, pick), ref(peer, metric, pick))
+/** A latency column: the median over the runs, in ms with two decimals. */
+const latency =
+  (pick: (r: LoadResult) => number | undefined) =>
+  (runs: LoadResult[]): string =>
+    fmt(med(runs, pick), 2)
 
 function proxyTables(): void {
   const rate = (r: LoadResult) => r.rate
@@ -251,22 +256,8 @@ function proxyTables(): void {
       ],
       peerRows('ka-small', [
         ['', (r) => values(r, rate)],
-        [
-          '',
-          (r) =>
-            fmt(
-              med(r, (x) => x.p50Ms),
-              2,
-            ),
-        ],
-        [
-          '',
-          (r) =>
-            fmt(
-              med(r, (x) => x.p99Ms),
-              2,
-            ),
-        ],
+        ['', latency((x) => x.p50Ms)],
+        ['', latency((x) => x.p99Ms)],
         ['', (r) => values(r, cpu)],
         ['', (r) => values(r, perCore)],
         ['', vs('ka-small', perCore, 'nginx')],
@@ -304,22 +295,8 @@ function proxyTables(): void {
         peerRows(metric, [
           ['', (r) => values(r, rate)],
           ['', (r) => values(r, mbs, 1)],
-          [
-            '',
-            (r) =>
-              fmt(
-                med(r, (x) => x.p50Ms),
-                2,
-              ),
-          ],
-          [
-            '',
-            (r) =>
-              fmt(
-                med(r, (x) => x.p99Ms),
-                2,
-              ),
-          ],
+          ['', latency((x) => x.p50Ms)],
+          ['', latency((x) => x.p99Ms)],
           ['', (r) => values(r, cpu)],
           ['', (r) => values(r, mbPerCore, 1)],
           ['', vs(metric, mbPerCore, 'nginx')],
