@@ -10,7 +10,13 @@ export interface CaProxyRule {
   /** Which requests the rule answers: method and a test on the path (e.g. /order-plz is Pebble's newOrder). */
   method?: string
   path: RegExp
-  status: number
+  /**
+   * Instead of answering: hold the request, never answering it. 'request' holds it before Pebble sees it; 'response'
+   * forwards it and holds Pebble's answer (the CA has acted, the client never learns it). Used to stop a client at
+   * an exact point of an order (e.g. to SIGKILL it there). `status` is ignored.
+   */
+  hold?: 'request' | 'response'
+  status?: number
   headers?: Record<string, string>
   body?: unknown
   /** How many matching requests to answer before the rule retires; default unlimited. */
@@ -26,6 +32,8 @@ export interface CaProxy {
   /** Every request seen, in order: method, path and the status returned. */
   requests: Array<{ method: string; path: string; status: number; injected: boolean }>
   inject(rule: CaProxyRule): void
+  /** Resolves when a `hold` rule holds its next request (for 'response': once Pebble has answered it). */
+  waitForHold(timeoutMs?: number): Promise<{ method: string; path: string }>
   clearRules(): void
   /** While down, every connection is destroyed at once (connection reset), as if the CA were unreachable. */
   setDown(down: boolean): void
@@ -46,6 +54,13 @@ export async function startCaProxy(options: CaProxyOptions): Promise<CaProxy> {
   const requests: CaProxy['requests'] = []
   let down = false
   const sockets = new Set<Socket>()
+  const holds: Array<{ method: string; path: string }> = []
+  const holdWaiters: Array<(held: { method: string; path: string }) => void> = []
+  const held = (h: { method: string; path: string }) => {
+    const waiter = holdWaiters.shift()
+    if (waiter) waiter(h)
+    else holds.push(h)
+  }
 
   const server: Server = createServer({ key: certs.key, cert: certs.cert }, (req, res) => {
     const path = req.url ?? '/'
@@ -56,14 +71,21 @@ export async function startCaProxy(options: CaProxyOptions): Promise<CaProxy> {
         r.path.test(path) &&
         (r.times === undefined || r.used < r.times),
     )
-    if (rule) {
+    if (rule?.hold === 'request') {
       rule.used++
-      requests.push({ method, path, status: rule.status, injected: true })
+      requests.push({ method, path, status: 0, injected: true })
+      req.resume()
+      held({ method, path })
+      return
+    }
+    if (rule && rule.hold === undefined) {
+      rule.used++
+      requests.push({ method, path, status: rule.status ?? 500, injected: true })
       // Drain the request body, then answer.
       req.resume()
       req.on('end', () => {
         const body = rule.body === undefined ? '' : JSON.stringify(rule.body)
-        res.writeHead(rule.status, { 'content-type': 'application/problem+json', ...rule.headers })
+        res.writeHead(rule.status ?? 500, { 'content-type': 'application/problem+json', ...rule.headers })
         res.end(body)
       })
       return
@@ -80,6 +102,14 @@ export async function startCaProxy(options: CaProxyOptions): Promise<CaProxy> {
         agent: false,
       },
       (up: IncomingMessage) => {
+        if (rule?.hold === 'response') {
+          rule.used++
+          requests.push({ method, path, status: up.statusCode ?? 0, injected: true })
+          // Read Pebble's whole answer (it has acted), then keep it from the client.
+          up.resume()
+          up.on('end', () => held({ method, path }))
+          return
+        }
         requests.push({ method, path, status: up.statusCode ?? 0, injected: false })
         res.writeHead(up.statusCode ?? 502, up.headers)
         up.pipe(res)
@@ -114,6 +144,22 @@ export async function startCaProxy(options: CaProxyOptions): Promise<CaProxy> {
     requests,
     inject(rule) {
       rules.push({ ...rule, used: 0 })
+    },
+    waitForHold(timeoutMs = 30_000) {
+      const ready = holds.shift()
+      if (ready) return Promise.resolve(ready)
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          const i = holdWaiters.indexOf(done)
+          if (i >= 0) holdWaiters.splice(i, 1)
+          reject(new Error(`no request was held within ${timeoutMs} ms`))
+        }, timeoutMs)
+        const done = (h: { method: string; path: string }) => {
+          clearTimeout(timer)
+          resolve(h)
+        }
+        holdWaiters.push(done)
+      })
     },
     clearRules() {
       rules.length = 0

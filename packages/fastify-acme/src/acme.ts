@@ -5,42 +5,30 @@
 // with AsyncLocalStorage: inside a call we run (1) requests carry our AbortSignal, so close() cancels them,
 // (2) acme-client's own retry loop is off (it sleeps the full Retry-After, uncapped), so the manager decides when
 // to retry, and (3) the last error response's status, Retry-After and problem type are captured, because
-// acme-client's thrown errors carry only a message.
+// acme-client's thrown errors carry only a message. Every failure leaves this file as a coded FACME_* error with
+// those facts as properties (errors.ts: CaFacts).
+//
+// The order is driven step by step by lifecycle/order.ts (new or fetched order, authorizations, finalize,
+// download), so that each step's result can be stored before the next one: an order interrupted by a crash is
+// resumed, not ordered again. Challenges are made answerable through a presenter object passed in.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { generateKeyPair } from 'node:crypto'
 import { Agent } from 'node:https'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createSecureContext, rootCertificates } from 'node:tls'
 import * as acme from 'acme-client'
+import {
+  type CaFacts,
+  ERR_CA_PROBLEM,
+  ERR_CA_UNREACHABLE,
+  ERR_CA_UNTRUSTED,
+  ERR_NO_CHALLENGE,
+  ERR_NOT_A_DIRECTORY,
+  ERR_RATE_LIMITED,
+  ERR_VALIDATION_FAILED,
+  withFacts,
+} from './errors.js'
 import type { ChallengeType, KeyType } from './options.js'
-
-/** What we learned about a failed CA exchange, for the retry policy. */
-export class AcmeCallError extends Error {
-  readonly status: number | undefined
-  readonly problemType: string | undefined
-  /** Retry-After from the CA, in ms, when it sent one. */
-  readonly retryAfterMs: number | undefined
-  /** ECONNREFUSED etc. when the CA could not be reached at all. */
-  readonly networkCode: string | undefined
-  /** True when the failure was a challenge validation (counts against the CA's failed-validation limit). */
-  readonly validation: boolean
-  /** The challenge type that was being validated, when the failure is a validation. */
-  challengeType: ChallengeType | undefined
-
-  constructor(message: string, info: CallInfo, validation: boolean, cause: unknown) {
-    super(message, { cause })
-    this.name = 'AcmeCallError'
-    this.status = info.status
-    this.problemType = info.problemType
-    this.retryAfterMs = info.retryAfterMs
-    this.networkCode = info.networkCode
-    this.validation = validation
-  }
-
-  get rateLimited(): boolean {
-    return this.status === 429 || this.problemType === 'urn:ietf:params:acme:error:rateLimited'
-  }
-}
 
 interface CallInfo {
   status?: number | undefined
@@ -152,7 +140,47 @@ export function trustRoots(pems: string[]): void {
   if (changed && hooked) installAgent()
 }
 
-/** Runs one CA exchange with our signal and error capture; turns failures into AcmeCallError. */
+/** TLS verification failures: the CA's certificate is not trusted by this process (the fix is `caRoots`). */
+const UNTRUSTED = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+])
+
+export const RATE_LIMITED = 'urn:ietf:params:acme:error:rateLimited'
+
+/** The coded error for a failed CA exchange `what`, from what the hooks captured. */
+function classify(what: string, message: string, info: CallInfo, validation: boolean, cause: unknown): Error {
+  const facts: CaFacts = {
+    problemType: info.problemType,
+    status: info.status,
+    retryAfterMs: info.retryAfterMs,
+    networkCode: info.networkCode,
+    validation: validation || undefined,
+  }
+  const detail = `${what}: ${message}`
+  let err: Error
+  if (info.networkCode !== undefined && UNTRUSTED.has(info.networkCode)) {
+    err = new ERR_CA_UNTRUSTED(what, info.networkCode, { cause })
+  } else if (info.networkCode !== undefined && info.status === undefined) {
+    err = new ERR_CA_UNREACHABLE(what, message, { cause })
+  } else if (validation) {
+    err = new ERR_VALIDATION_FAILED(what.replace(/^[a-z0-9-]+ (validation|challenge) for /, ''), detail, { cause })
+  } else if (info.status === 429 || info.problemType === RATE_LIMITED) {
+    err = new ERR_RATE_LIMITED(what, message, { cause })
+  } else {
+    err = new ERR_CA_PROBLEM(what, message, { cause })
+  }
+  return withFacts(err, facts)
+}
+
+/** Runs one CA exchange with our signal and error capture; turns failures into coded errors (see classify). */
 async function call<T>(signal: AbortSignal, what: string, fn: () => Promise<T>, validation = false): Promise<T> {
   hookAxios()
   const ctx: CallContext = { signal, info: {} }
@@ -162,7 +190,11 @@ async function call<T>(signal: AbortSignal, what: string, fn: () => Promise<T>, 
       return await fn()
     } catch (err) {
       if (signal.aborted) throw signal.reason
-      if (err instanceof AcmeCallError) throw err
+      if (
+        (err as { code?: unknown }).code !== undefined &&
+        String((err as { code?: unknown }).code).startsWith('FACME_')
+      )
+        throw err
       let message = err instanceof Error ? err.message : String(err)
       if (ctx.info.networkCode === undefined && ctx.requestTimeout?.aborted) {
         ctx.info = { networkCode: 'ETIMEDOUT', networkMessage: `no answer from the CA within ${REQUEST_TIMEOUT_MS} ms` }
@@ -178,9 +210,54 @@ async function call<T>(signal: AbortSignal, what: string, fn: () => Promise<T>, 
       }
       // Only a CA verdict ("invalid") is a failed validation; a network error or 5xx while polling is not.
       const verdict = validation && ctx.info.status === undefined && ctx.info.networkCode === undefined
-      throw new AcmeCallError(`${what}: ${message}`, ctx.info, verdict, err)
+      throw classify(what, message, ctx.info, verdict, err)
     }
   })
+}
+
+/** What the plugin needs from a CA's directory; fetched once per issuer before its account is used. */
+export interface DirectoryInfo {
+  url: string
+  /** The ACME Renewal Information endpoint (RFC 9773), when the CA offers it. */
+  renewalInfo: string | undefined
+  /** Certificate profiles the CA advertises (name -> description), when it does. */
+  profiles: Record<string, string>
+  termsOfService: string | undefined
+}
+
+/**
+ * Reads and checks a directory: a URL that answers but is no ACME directory (a web page, a wrong path) fails here
+ * with FACME_NOT_A_DIRECTORY instead of deep inside the first order.
+ */
+export async function fetchDirectory(url: string, signal: AbortSignal): Promise<DirectoryInfo> {
+  const response = await call(signal, 'directory', () =>
+    acme.axios.get(url, { validateStatus: () => true, responseType: 'text', transformResponse: (x: unknown) => x }),
+  )
+  if (response.status !== 200) {
+    throw withFacts(new ERR_NOT_A_DIRECTORY(url, `it answered HTTP ${response.status}`), { status: response.status })
+  }
+  let body: Record<string, unknown>
+  try {
+    body = JSON.parse(String(response.data)) as Record<string, unknown>
+  } catch {
+    throw new ERR_NOT_A_DIRECTORY(url, 'its answer is not JSON')
+  }
+  const missing = ['newNonce', 'newAccount', 'newOrder'].filter((k) => typeof body?.[k] !== 'string')
+  if (missing.length > 0) throw new ERR_NOT_A_DIRECTORY(url, `it has no ${missing.join(', ')}`)
+  const meta = (typeof body['meta'] === 'object' && body['meta'] !== null ? body['meta'] : {}) as Record<
+    string,
+    unknown
+  >
+  const profiles: Record<string, string> = {}
+  if (typeof meta['profiles'] === 'object' && meta['profiles'] !== null) {
+    for (const [k, v] of Object.entries(meta['profiles'])) profiles[k] = String(v)
+  }
+  return {
+    url,
+    renewalInfo: typeof body['renewalInfo'] === 'string' ? body['renewalInfo'] : undefined,
+    profiles,
+    termsOfService: typeof meta['termsOfService'] === 'string' ? meta['termsOfService'] : undefined,
+  }
 }
 
 function challengeProblem(message: string): { type: string; detail: string } | undefined {
@@ -306,16 +383,16 @@ async function pollUntilValid<T extends acme.Order | acme.Authorization>(
     try {
       return await call(signal, what, () => client.waitForValidStatus(item), validation)
     } catch (err) {
-      if (!(err instanceof AcmeCallError) || !err.message.endsWith(PENDING)) throw err
-      const wait =
-        err.retryAfterMs !== undefined && err.retryAfterMs < 10_000 ? Math.max(err.retryAfterMs, delay) : delay
+      if (!(err instanceof Error) || !err.message.endsWith(PENDING)) throw err
+      const retryAfterMs = (err as CaFacts).retryAfterMs
+      const wait = retryAfterMs !== undefined && retryAfterMs < 10_000 ? Math.max(retryAfterMs, delay) : delay
       await sleep(wait, undefined, { signal })
       delay = Math.min(POLL_MAX_MS, delay * 2)
     }
   }
 }
 
-/** A challenge the manager must make answerable before the CA validates it. */
+/** A challenge to make answerable before the CA validates it. */
 export interface ChallengeToPresent {
   name: string
   type: ChallengeType
@@ -325,101 +402,172 @@ export interface ChallengeToPresent {
   tlsAlpn?: { key: string; cert: string }
 }
 
-export interface OrderParams {
-  account: AccountRecord
-  eab: AccountParams['eab']
-  name: string
-  keyType: KeyType
-  /** Challenge types in order of preference, each one we can actually answer. */
-  challenges: ChallengeType[]
-  /** The RSA key of TLS-ALPN-01 challenge certificates; awaited only when such a challenge is presented. */
-  challengeKey: Promise<string>
-  present(challenge: ChallengeToPresent): void
-  remove(challenge: ChallengeToPresent): void
-  signal: AbortSignal
-  log(step: string, detail?: Record<string, unknown>): void
-}
-
-export interface IssuedCertificate {
-  keyPem: string
-  chainPem: string
-  orderUrl: string
-}
-
 /**
- * Runs one complete order for one name: new order, authorizations (reused ones need nothing), one challenge per
- * pending authorization (all authorizations concurrently), finalize with a fresh key, download the chain.
- * On failure, pending authorizations are deactivated so they do not linger on the account.
+ * How an order's challenges are answered, passed in by the caller: the types it can answer now (in order of
+ * preference) and where to put a challenge while the CA validates it.
  */
-export async function orderCertificate(p: OrderParams): Promise<IssuedCertificate> {
-  const client = makeClient(p.account.directoryUrl, p.account.keyPem, p.account.url, p.eab)
-  const order = await call(p.signal, 'new order', () =>
-    client.createOrder({ identifiers: [{ type: 'dns', value: p.name }] }),
-  )
-  p.log('order created', { orderUrl: order.url, status: order.status })
-  const authzs = await call(p.signal, 'authorizations', () => client.getAuthorizations(order))
-  try {
-    await Promise.all(authzs.map((authz) => completeAuthorization(client, authz, p)))
-  } catch (err) {
-    // A failed order leaves pending authorizations on the account: deactivate them so none lingers. One that
-    // failed validation is already invalid and the CA refuses to deactivate it, which is fine.
-    await Promise.all(
-      authzs
-        .filter((authz) => authz.status === 'pending')
-        .map(async (authz) => {
-          try {
-            // Its own short deadline: this also runs when the order was cut short by close().
-            const signal = AbortSignal.timeout(DEACTIVATE_TIMEOUT_MS)
-            await call(signal, 'deactivate authorization', () => client.deactivateAuthorization(authz))
-            p.log('authorization deactivated', { name: authz.identifier.value })
-          } catch {}
-        }),
-    )
-    throw err
-  }
-  const keyPem = await generateCertificateKey(p.keyType)
-  const [, csr] = await acme.crypto.createCsr({ commonName: p.name, altNames: [p.name] }, keyPem)
-  p.log('finalizing order', { orderUrl: order.url })
-  const finalized = await call(p.signal, 'finalize', () => client.finalizeOrder(order, csr))
-  const valid = finalized.status === 'valid' ? finalized : await pollUntilValid(p.signal, 'order', client, finalized)
-  const chainPem = await call(p.signal, 'certificate download', () => client.getCertificate(valid))
-  return { keyPem, chainPem, orderUrl: order.url }
+export interface ChallengePresenter {
+  readonly types: readonly ChallengeType[]
+  /** The RSA key of TLS-ALPN-01 challenge certificates; awaited only when such a challenge is presented. */
+  readonly challengeKey: Promise<string>
+  present(challenge: ChallengeToPresent): void | Promise<void>
+  remove(challenge: ChallengeToPresent): void | Promise<void>
 }
 
-async function completeAuthorization(client: acme.Client, authz: acme.Authorization, p: OrderParams): Promise<void> {
-  const name = authz.identifier.value
-  if (authz.status === 'valid') {
-    p.log('authorization reused', { name })
-    return
+export type OrderStatus = 'pending' | 'ready' | 'processing' | 'valid' | 'invalid'
+
+/** An order at the CA, as last seen. Opaque beyond these fields: only this file reads the rest. */
+export interface AcmeOrder {
+  readonly url: string
+  readonly status: OrderStatus
+  /** When the CA will forget the order, if it said. */
+  readonly expires: string | undefined
+}
+
+interface OrderWithData extends AcmeOrder {
+  readonly data: acme.Order
+}
+
+function wrapOrder(order: acme.Order): OrderWithData {
+  return { url: order.url, status: order.status as OrderStatus, expires: order.expires, data: order }
+}
+
+/** Extra newOrder fields (RFC 9773 `replaces`, the profiles draft's `profile`), sent as given. */
+export interface NewOrderExtras {
+  replaces?: string
+  profile?: string
+}
+
+/** One account's conversation with its CA, step by step. */
+export class AcmeSession {
+  readonly #client: acme.Client
+  readonly #log: (step: string, detail?: Record<string, unknown>) => void
+
+  constructor(
+    account: AccountRecord,
+    eab: AccountParams['eab'],
+    log: (step: string, detail?: Record<string, unknown>) => void,
+  ) {
+    this.#client = makeClient(account.directoryUrl, account.keyPem, account.url, eab)
+    this.#log = log
   }
-  const offered = authz.challenges ?? []
-  const type = p.challenges.find((t) => offered.some((c) => c.type === t))
-  const challenge = offered.find((c) => c.type === type)
-  if (!type || !challenge) {
-    throw new AcmeCallError(
-      `the CA offers ${offered.map((c) => c.type).join(', ') || 'no challenges'} for ${name}; we answer ${p.challenges.join(', ')}`,
-      {},
-      false,
-      undefined,
+
+  /** Creates an order for `names` (the first is the certificate's common name). */
+  async newOrder(signal: AbortSignal, names: readonly string[], extras: NewOrderExtras = {}): Promise<AcmeOrder> {
+    const payload = { identifiers: names.map((value) => ({ type: 'dns', value })), ...extras }
+    // acme-client posts the payload unchanged; its type does not know the newer fields.
+    const order = await call(signal, 'new order', () =>
+      this.#client.createOrder(payload as Parameters<acme.Client['createOrder']>[0]),
     )
+    this.#log('order created', { orderUrl: order.url, status: order.status })
+    return wrapOrder(order)
   }
-  const keyAuthorization = await client.getChallengeKeyAuthorization(challenge)
-  const presented: ChallengeToPresent = { name, type, token: challenge.token, keyAuthorization }
-  if (type === 'tls-alpn-01') presented.tlsAlpn = await tlsAlpnCertificate(name, keyAuthorization, await p.challengeKey)
-  p.present(presented)
-  p.log('challenge presented', { name, type })
-  try {
-    await call(p.signal, `${type} challenge for ${name}`, () => client.completeChallenge(challenge))
+
+  /** The order at `url` as the CA sees it now, or undefined when the CA no longer has it (404 or 410). */
+  async fetchOrder(signal: AbortSignal, url: string): Promise<AcmeOrder | undefined> {
     try {
-      await pollUntilValid(p.signal, `${type} validation for ${name}`, client, authz, true)
+      const order = await call(signal, 'order lookup', () => this.#client.getOrder({ url } as acme.Order))
+      return wrapOrder({ ...order, url })
     } catch (err) {
-      if (err instanceof AcmeCallError && err.validation) err.challengeType = type
+      const status = (err as CaFacts).status
+      if (status === 404 || status === 410) return undefined
       throw err
     }
-    p.log('authorization valid', { name, type })
-  } finally {
-    p.remove(presented)
   }
+
+  /**
+   * Answers every pending authorization of `order` (all concurrently; reused ones need nothing). On failure,
+   * the authorizations still pending are deactivated so none lingers on the account.
+   */
+  async authorize(signal: AbortSignal, order: AcmeOrder, presenter: ChallengePresenter): Promise<void> {
+    const authzs = await call(signal, 'authorizations', () => this.#client.getAuthorizations(dataOf(order)))
+    try {
+      await Promise.all(authzs.map((authz) => this.#completeAuthorization(signal, authz, presenter)))
+    } catch (err) {
+      // One that failed validation is already invalid and the CA refuses to deactivate it, which is fine.
+      await Promise.all(
+        authzs
+          .filter((authz) => authz.status === 'pending')
+          .map(async (authz) => {
+            try {
+              // Its own short deadline: this also runs when the order was cut short by close().
+              const deadline = AbortSignal.timeout(DEACTIVATE_TIMEOUT_MS)
+              await call(deadline, 'deactivate authorization', () => this.#client.deactivateAuthorization(authz))
+              this.#log('authorization deactivated', { name: authz.identifier.value })
+            } catch {}
+          }),
+      )
+      throw err
+    }
+  }
+
+  /** Finalizes a ready order with a CSR for `names` signed by `keyPem`; returns the order once valid. */
+  async finalize(signal: AbortSignal, order: AcmeOrder, names: readonly string[], keyPem: string): Promise<AcmeOrder> {
+    const [, csr] = await acme.crypto.createCsr({ commonName: names[0], altNames: [...names] }, keyPem)
+    this.#log('finalizing order', { orderUrl: order.url })
+    const finalized = await call(signal, 'finalize', () => this.#client.finalizeOrder(dataOf(order), csr))
+    return this.waitValid(signal, wrapOrder({ ...finalized, url: order.url }))
+  }
+
+  /** Polls a processing order until the CA has issued its certificate. */
+  async waitValid(signal: AbortSignal, order: AcmeOrder): Promise<AcmeOrder> {
+    if (order.status === 'valid') return order
+    const valid = await pollUntilValid(signal, 'order', this.#client, dataOf(order))
+    return wrapOrder({ ...valid, url: order.url })
+  }
+
+  /** Downloads the chain (PEM, leaf first) of a valid order. */
+  async download(signal: AbortSignal, order: AcmeOrder): Promise<string> {
+    const chainPem = await call(signal, 'certificate download', () => this.#client.getCertificate(dataOf(order)))
+    this.#log('certificate downloaded', { orderUrl: order.url })
+    return chainPem
+  }
+
+  async #completeAuthorization(
+    signal: AbortSignal,
+    authz: acme.Authorization,
+    presenter: ChallengePresenter,
+  ): Promise<void> {
+    const name = authz.identifier.value
+    if (authz.status === 'valid') {
+      this.#log('authorization reused', { name })
+      return
+    }
+    const offered = authz.challenges ?? []
+    const type = presenter.types.find((t) => offered.some((c) => c.type === t))
+    const challenge = offered.find((c) => c.type === type)
+    if (!type || !challenge) {
+      throw new ERR_NO_CHALLENGE(
+        name,
+        `the CA offers ${offered.map((c) => c.type).join(', ') || 'no challenges'}; this server answers ${presenter.types.join(', ') || 'none right now'}`,
+      )
+    }
+    const keyAuthorization = await this.#client.getChallengeKeyAuthorization(challenge)
+    const presented: ChallengeToPresent = { name, type, token: challenge.token, keyAuthorization }
+    if (type === 'tls-alpn-01') {
+      presented.tlsAlpn = await tlsAlpnCertificate(name, keyAuthorization, await presenter.challengeKey)
+    }
+    await presenter.present(presented)
+    try {
+      // A resumed order may find its challenge already being validated: then only wait for the verdict.
+      if (challenge.status === 'pending') {
+        await call(signal, `${type} challenge for ${name}`, () => this.#client.completeChallenge(challenge))
+      }
+      try {
+        await pollUntilValid(signal, `${type} validation for ${name}`, this.#client, authz, true)
+      } catch (err) {
+        if ((err as CaFacts).validation) (err as CaFacts).challengeType = type
+        throw err
+      }
+      this.#log('authorization valid', { name, type })
+    } finally {
+      await presenter.remove(presented)
+    }
+  }
+}
+
+function dataOf(order: AcmeOrder): acme.Order {
+  return (order as OrderWithData).data ?? ({ url: order.url } as acme.Order)
 }
 
 /** A TLS-ALPN-01 challenge certificate for `name` (RFC 8737), as the responder serves it. */

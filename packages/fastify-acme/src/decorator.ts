@@ -3,8 +3,13 @@
 
 import type { TlsAlpnResponder } from './challenge-tls-alpn.js'
 import type { AcmeEventEmitter } from './events.js'
-import type { CertificateManager, NameStatus } from './manager.js'
+import type { Http01Tokens } from './lifecycle/challenges.js'
+import type { CertificateManager } from './lifecycle/manager.js'
+import type { NameStatus } from './lifecycle/state.js'
 import type { CertResolver } from './resolver.js'
+
+/** Where acmeHttp01 finds the HTTP-01 tokens of the app it answers for (not part of the public members). */
+export const kHttp01 = Symbol.for('@autotls/fastify-acme.http01')
 
 export interface FastifyAcme {
   /** The SNI resolver serving this app's certificates (add manual pairs with resolver.set()). */
@@ -12,7 +17,7 @@ export interface FastifyAcme {
   /** Managed names, canonical (lower case, punycode). */
   readonly names: readonly string[]
   readonly directoryUrl: string
-  /** Orders sent to the CA by this process. */
+  /** New orders sent to the CA by this process (an order resumed after a restart is not a new one). */
   readonly ordersSent: number
   /** Counters of the TLS-ALPN-01 responder: connections peeked, diverted to the challenge server, timed out. */
   readonly tlsAlpnStats: TlsAlpnResponder['stats']
@@ -25,10 +30,8 @@ export interface FastifyAcme {
   on: AcmeEventEmitter['on']
   once: AcmeEventEmitter['once']
   off: AcmeEventEmitter['off']
-  /** Key authorization for a pending HTTP-01 token (used by the acmeHttp01 plugin). */
-  http01(token: string): string | undefined
-  /** Called by acmeHttp01 when it is registered, so orders may use HTTP-01. */
-  markHttp01Mounted(): void
+  /** The HTTP-01 challenge tokens, for the acmeHttp01 route plugin. */
+  readonly [kHttp01]: Http01Tokens
 }
 
 export function createDecorator(
@@ -36,9 +39,9 @@ export function createDecorator(
   resolver: CertResolver,
   events: AcmeEventEmitter,
   responder: TlsAlpnResponder,
+  http01: Http01Tokens,
   names: readonly string[],
   directoryUrl: string,
-  onHttp01Mounted: () => void,
 ): FastifyAcme {
   return {
     resolver,
@@ -55,7 +58,6 @@ export function createDecorator(
     on: (event, listener) => events.on(event, listener),
     once: (event, listener) => events.once(event, listener),
     off: (event, listener) => events.off(event, listener),
-    http01: (token) => manager.http01(token),
-    markHttp01Mounted: onHttp01Mounted,
+    [kHttp01]: http01,
   }
 }

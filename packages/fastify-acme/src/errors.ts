@@ -39,6 +39,47 @@ export const ERR_ORDER_FAILED = createError<[string, string, Cause?]>(
   'fastify-acme: certificate order for %s failed: %s',
   502,
 )
+export const ERR_NO_CHALLENGE = createError<[string, string, Cause?]>(
+  'FACME_NO_CHALLENGE',
+  'fastify-acme: no challenge for %s can be answered: %s',
+  502,
+)
+export const ERR_CA_PROBLEM = createError<[string, string, Cause?]>(
+  'FACME_CA_PROBLEM',
+  'fastify-acme: the CA refused %s: %s',
+  502,
+)
+export const ERR_RATE_LIMITED = createError<[string, string, Cause?]>(
+  'FACME_RATE_LIMITED',
+  'fastify-acme: the CA rate-limited %s: %s; the next attempt waits for its Retry-After',
+  429,
+)
+export const ERR_VALIDATION_FAILED = createError<[string, string, Cause?]>(
+  'FACME_VALIDATION_FAILED',
+  'fastify-acme: the CA could not validate %s: %s',
+  502,
+)
+export const ERR_CA_UNREACHABLE = createError<[string, string, Cause?]>(
+  'FACME_CA_UNREACHABLE',
+  'fastify-acme: the CA could not be reached during %s: %s',
+  503,
+)
+export const ERR_CA_UNTRUSTED = createError<[string, string, Cause?]>(
+  'FACME_CA_UNTRUSTED',
+  "fastify-acme: the CA's TLS certificate is not trusted during %s (%s); if it is a private or test CA, add its root certificate (PEM) to the `caRoots` option",
+  502,
+)
+export const ERR_NOT_A_DIRECTORY = createError<[string, string, Cause?]>(
+  'FACME_NOT_A_DIRECTORY',
+  'fastify-acme: %s is not an ACME directory: %s; check the `directory` option',
+  502,
+)
+export const ERR_ORDER_TIMEOUT = createError<[string, number, Cause?]>(
+  'FACME_ORDER_TIMEOUT',
+  'fastify-acme: the order for %s did not finish within %d ms (orderTimeoutMs); it will be retried',
+  504,
+)
+export const ERR_INTERRUPTED = createError<[string, Cause?]>('FACME_INTERRUPTED', 'fastify-acme: %s', 503)
 export const ERR_STORAGE = createError<[string, string, Cause?]>(
   'FACME_STORAGE',
   'fastify-acme: storage %s failed: %s',
@@ -64,3 +105,46 @@ export const ERR_BAD_CERTIFICATE = createError<[string, string, Cause?]>(
   'fastify-acme: certificate for %s is unusable: %s',
   500,
 )
+
+/**
+ * What a failure learned from the CA, kept as properties of the coded error (e.g. `err.problemType`), so callers
+ * need not parse messages. Absent facts are undefined.
+ */
+export interface CaFacts {
+  /** The ACME problem type, e.g. `urn:ietf:params:acme:error:rateLimited`. */
+  problemType?: string | undefined
+  /** The HTTP status of the CA's answer. */
+  status?: number | undefined
+  /** The CA's Retry-After, in ms from the failure. */
+  retryAfterMs?: number | undefined
+  /** A network or TLS error code (ECONNREFUSED, ETIMEDOUT, UNABLE_TO_VERIFY_LEAF_SIGNATURE, ...). */
+  networkCode?: string | undefined
+  /** True when the CA judged a challenge invalid (counts against the CA's failed-validation limit). */
+  validation?: boolean | undefined
+  /** The challenge type whose validation failed. */
+  challengeType?: string | undefined
+}
+
+/** A coded error of this package with the CA's facts attached. */
+export type AcmeFailure = Error & CaFacts & { code: string }
+
+/** Attaches `facts` to a coded error (own enumerable properties, so they show in logs and JSON). */
+export function withFacts<E extends Error>(err: E, facts: CaFacts): E & CaFacts {
+  for (const [key, value] of Object.entries(facts)) {
+    if (value !== undefined) (err as unknown as Record<string, unknown>)[key] = value
+  }
+  return err as E & CaFacts
+}
+
+/** The facts of any error (undefined fields when it has none). */
+export function factsOf(err: unknown): CaFacts {
+  const e = (err ?? {}) as CaFacts
+  return {
+    problemType: e.problemType,
+    status: e.status,
+    retryAfterMs: e.retryAfterMs,
+    networkCode: e.networkCode,
+    validation: e.validation,
+    challengeType: e.challengeType,
+  }
+}

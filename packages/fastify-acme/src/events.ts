@@ -1,13 +1,23 @@
-// Typed lifecycle events. Users subscribe with app.acme.on(type, listener); the manager emits, logs and updates
-// the status decorator from the same calls, so the three never disagree.
+// Typed lifecycle events. Users subscribe with app.acme.on(type, listener). Every event is emitted by the one
+// transition function (lifecycle/state.ts) that also changes the name's status and writes the log line, so the
+// three never disagree.
 import { EventEmitter } from 'node:events'
 
+/** Why an order runs: no certificate yet, renewal due, app.acme.issue(), a retry, or an order resumed after a restart. */
+export type OrderReason = 'missing' | 'renewal' | 'manual' | 'retry' | 'resume'
+
 export interface AcmeEvents {
+  /** A cached certificate served since start (emitted once the server listens). */
   'certificate-loaded': { name: string; notAfter: string; serial: string; expired: boolean }
-  'order-started': { name: string; reason: 'missing' | 'renewal' | 'manual' | 'retry'; attempt: number }
+  /** A certificate another process sharing the storage stored (e.g. renewed) is now served here. */
+  'certificate-adopted': { name: string; notAfter: string; serial: string }
+  /** A cached certificate failed its check and is no longer served; the name is treated as missing. */
+  'certificate-dropped': { name: string; error: Error }
+  'order-started': { name: string; reason: OrderReason; attempt: number }
   'challenge-presented': { name: string; type: string }
   'certificate-issued': { name: string; notAfter: string; serial: string; issuer: string; renewal: boolean }
-  'order-failed': { name: string; error: Error; attempt: number; nextAttemptAt: string }
+  /** `error` carries a FACME_* `code` and the CA's facts (problemType, status, networkCode, retryAfterMs). */
+  'order-failed': { name: string; error: Error & { code: string }; attempt: number; nextAttemptAt: string }
   'order-deferred': { name: string; reason: string; until: string }
 }
 

@@ -7,8 +7,9 @@ import fp from 'fastify-plugin'
 import { createDecorator, type FastifyAcme } from './decorator.js'
 import { ERR_INVALID_OPTIONS, ERR_NOT_HTTPS, ERR_SERVER_NOT_WIRED } from './errors.js'
 import { AcmeEventEmitter } from './events.js'
-import { CertificateManager } from './manager.js'
-import { type ChallengeType, type FastifyAcmeOptions, resolveOptions, systemClock } from './options.js'
+import { Http01Tokens, tlsAlpnResponder } from './lifecycle/challenges.js'
+import { CertificateManager } from './lifecycle/manager.js'
+import { type FastifyAcmeOptions, resolveOptions, systemClock } from './options.js'
 import { wiringOf } from './server.js'
 import { FileStorage } from './storage/file.js'
 import type { Storage } from './storage/index.js'
@@ -36,7 +37,9 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
   const storage = rawOptions.storage ? checkStorage(rawOptions.storage) : new FileStorage(resolve(options.cacheDir))
   const log = fastify.log.child({ plugin: 'fastify-acme' })
   const events = new AcmeEventEmitter()
-  let http01Mounted = false
+  // The ways this server answers challenges, handed to the manager as capabilities: TLS-ALPN-01 on this TLS port
+  // once it listens, HTTP-01 once an acmeHttp01 route is mounted with this app's decorator.
+  const http01 = new Http01Tokens()
   const manager = new CertificateManager({
     options,
     storage,
@@ -44,18 +47,11 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
     clock: rawOptions.clock ?? systemClock,
     log,
     events,
-    answerable: () => {
-      const types: ChallengeType[] = []
-      if (server.listening) types.push('tls-alpn-01')
-      if (http01Mounted) types.push('http-01')
-      return types
-    },
+    responders: [tlsAlpnResponder(wiring.resolver, server), http01],
   })
   fastify.decorate(
     'acme',
-    createDecorator(manager, wiring.resolver, events, wiring.responder, options.names, options.directoryUrl, () => {
-      http01Mounted = true
-    }),
+    createDecorator(manager, wiring.resolver, events, wiring.responder, http01, options.names, options.directoryUrl),
   )
   // Cached certificates are served from the first handshake, before any CA contact.
   await manager.load()
@@ -85,8 +81,11 @@ export { acmeHttp01, HTTP01_PREFIX } from './challenge-http.js'
 export { ACME_TLS_ALPN, isChallengeHello } from './challenge-tls-alpn.js'
 export type { FastifyAcme } from './decorator.js'
 export * from './errors.js'
-export type { AcmeEventName, AcmeEvents } from './events.js'
-export type { NameState, NameStatus } from './manager.js'
+export type { AcmeEventName, AcmeEvents, OrderReason } from './events.js'
+export { clampRetryAfter, nextAttemptDelay, retryDelay } from './lifecycle/backoff.js'
+export { LOAD_CONCURRENCY } from './lifecycle/load.js'
+export { renewalTime, renewalWindow } from './lifecycle/renewal-policy.js'
+export type { NameState, NameStatus } from './lifecycle/state.js'
 export { canonicalName, normalizeServerName } from './names.js'
 export {
   type AcmeOptionsData,
@@ -104,9 +103,8 @@ export {
   type ResolvedOptions,
   resolveOptions,
 } from './options.js'
-export { clampRetryAfter, nextAttemptDelay, renewalTime, renewalWindow, retryDelay } from './renewal.js'
 export { CertResolver, type KeyCertPair } from './resolver.js'
 export { type AcmeServerOptions, acmeServerFactory, wiringOf } from './server.js'
 export { FileStorage } from './storage/file.js'
-export { directoryKey, type LockOptions, type Storage, type Unlock } from './storage/index.js'
+export { directoryKey, type Lease, type LockOptions, type Storage } from './storage/index.js'
 export { MemoryStorage } from './storage/memory.js'

@@ -91,18 +91,23 @@ describe('Retry-After', () => {
       },
     })
     try {
-      const failed = await new Promise<{ at: number; next: number; code: string | undefined }>((resolve) =>
-        app.acme.once('order-failed', (e) =>
-          resolve({
-            at: Date.now(),
-            next: Date.parse(e.nextAttemptAt),
-            code: (e.error as { problemType?: string }).problemType,
-          }),
-        ),
+      const failed = await new Promise<{ at: number; next: number; code: string; problemType: string | undefined }>(
+        (resolve) =>
+          app.acme.once('order-failed', (e) =>
+            resolve({
+              at: Date.now(),
+              next: Date.parse(e.nextAttemptAt),
+              code: e.error.code,
+              problemType: (e.error as { problemType?: string }).problemType,
+            }),
+          ),
       )
-      assert.equal(failed.code, rateLimited.type)
+      assert.equal(failed.code, 'FACME_RATE_LIMITED')
+      assert.equal(failed.problemType, rateLimited.type)
       assert.ok(failed.next - failed.at >= 2900, `waited ${failed.next - failed.at} ms for a 3 s Retry-After`)
-      assert.equal(app.acme.status(name)?.lastError?.code, rateLimited.type)
+      assert.equal(app.acme.status(name)?.lastError?.code, 'FACME_RATE_LIMITED')
+      assert.equal(app.acme.status(name)?.lastError?.problemType, rateLimited.type)
+      assert.equal(app.acme.status(name)?.lastError?.status, 429)
       assert.equal(proxy.requests.filter((r) => r.injected).length, 1, 'acme-client did not retry on its own')
       // The order goes through once the Retry-After has passed.
       const issued = await app.acme.waitForCertificate(name)
@@ -188,7 +193,8 @@ describe('shutdown', () => {
     })
     await until(() => app.acme.status('unreachable.acme.test')?.state !== 'pending', 5000, 'the first attempt')
     const status = app.acme.status('unreachable.acme.test')
-    assert.equal(status?.lastError?.code, 'ECONNREFUSED', JSON.stringify(status?.lastError))
+    assert.equal(status?.lastError?.code, 'FACME_CA_UNREACHABLE', JSON.stringify(status?.lastError))
+    assert.equal(status?.lastError?.networkCode, 'ECONNREFUSED')
     assert.match(status?.lastError?.message ?? '', /ECONNREFUSED/)
     const started = Date.now()
     await app.close()

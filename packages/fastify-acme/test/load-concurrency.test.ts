@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import Fastify from 'fastify'
 import { acmeServerFactory, fastifyAcme, MemoryStorage } from '../src/index.js'
-import { LOAD_CONCURRENCY } from '../src/manager.js'
+import { LOAD_CONCURRENCY } from '../src/lifecycle/load.js'
 
 test('load() keeps a bounded number of storage reads in flight', async (t) => {
   const storage = new MemoryStorage()

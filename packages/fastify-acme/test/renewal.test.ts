@@ -2,20 +2,18 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 import { parseRetryAfter } from '../src/acme.js'
-import type { Clock } from '../src/options.js'
-import { OrderLimiter } from '../src/rate-limit.js'
 import {
   clampRetryAfter,
   FAILED_VALIDATION_DELAY_MS,
-  JITTER_FRACTION,
   nextAttemptDelay,
   RETRY_AFTER_MAX_MS,
   RETRY_AFTER_MIN_MS,
-  renewalTime,
-  renewalWindow,
   retryDelay,
-} from '../src/renewal.js'
-import { Scheduler } from '../src/scheduler.js'
+} from '../src/lifecycle/backoff.js'
+import { OrderLimiter } from '../src/lifecycle/rate-limit.js'
+import { JITTER_FRACTION, renewalTime, renewalWindow } from '../src/lifecycle/renewal-policy.js'
+import { Scheduler } from '../src/lifecycle/scheduler.js'
+import type { Clock } from '../src/options.js'
 
 const HOUR = 3600_000
 const DAY = 24 * HOUR

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { countOrders, startPebble } from '@autotls/pebble-harness'
-import { ERR_STORAGE, type LockOptions, MemoryStorage, type Storage, type Unlock } from '../src/index.js'
+import { ERR_STORAGE, type Lease, type LockOptions, MemoryStorage, type Storage } from '../src/index.js'
 import { pebbleAcme, startApp } from './helpers.js'
 
 /** MemoryStorage that refuses a write which would take the total size of the stored values over `quota` bytes. */
@@ -33,7 +33,7 @@ class QuotaStorage implements Storage {
   list(prefix: string) {
     return this.inner.list(prefix)
   }
-  lock(key: string, options?: LockOptions): Promise<Unlock> {
+  lock(key: string, options?: LockOptions): Promise<Lease> {
     return this.inner.lock(key, options)
   }
 }

@@ -47,11 +47,12 @@ for (const [label, make] of [
       }
     })
     test('lock is exclusive and released', async () => {
-      const unlock = await s.lock('locks/n')
+      const lease = await s.lock('locks/n')
+      assert.equal(lease.lost.aborted, false)
       await assert.rejects(s.lock('locks/n', { timeoutMs: 300 }), { code: 'FACME_LOCK_TIMEOUT' })
-      await unlock()
+      await lease.release()
       const again = await s.lock('locks/n', { timeoutMs: 300 })
-      await again()
+      await again.release()
     })
   })
 }
@@ -109,9 +110,9 @@ describe('FileStorage on disk', () => {
     await new Promise((resolve) => child.on('exit', resolve))
     // The holder is dead (same host, no such pid): its lock is taken over at once, not after LOCK_STALE_MS.
     const started = Date.now()
-    const unlock = await s.lock('locks/shared', { timeoutMs: 2_000 })
+    const lease = await s.lock('locks/shared', { timeoutMs: 2_000 })
     assert.ok(Date.now() - started < 2_000)
-    await unlock()
+    await lease.release()
   })
 
   test('a lock whose holder stopped refreshing it is taken over after the stale time', async () => {
@@ -128,8 +129,8 @@ describe('FileStorage on disk', () => {
       const old = new Date(Date.now() - 30_000)
       await fs.utimes(lockFile, old, old)
     })
-    const unlock = await s.lock('locks/aged', { timeoutMs: 2_000 })
-    await unlock()
+    const lease = await s.lock('locks/aged', { timeoutMs: 2_000 })
+    await lease.release()
   })
 
   test('a read-only cache folder gives a clear FACME_STORAGE error', {

@@ -7,7 +7,7 @@ import { hostname } from 'node:os'
 import { basename, dirname, join, relative, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ERR_LOCK_TIMEOUT, ERR_STORAGE } from '../errors.js'
-import { assertKey, type LockOptions, type Storage, type Unlock } from './index.js'
+import { assertKey, type Lease, type LockOptions, type Storage } from './index.js'
 
 const FILE_MODE = 0o600
 const DIR_MODE = 0o700
@@ -19,6 +19,8 @@ const LOCK_POLL_MS = 200
 const TEMP_FILE = /\.tmp-\d+-[0-9a-f]{12}$/
 
 export class FileStorage implements Storage {
+  /** list() reads the folder: it returns every key. */
+  readonly listIsComplete = true
   readonly root: string
 
   constructor(root: string) {
@@ -143,7 +145,7 @@ export class FileStorage implements Storage {
     return out.sort()
   }
 
-  async lock(key: string, options: LockOptions = {}): Promise<Unlock> {
+  async lock(key: string, options: LockOptions = {}): Promise<Lease> {
     const path = `${this.#path(key)}.lock`
     const timeoutMs = options.timeoutMs ?? 30_000
     const deadline = Date.now() + timeoutMs
@@ -178,19 +180,33 @@ export class FileStorage implements Storage {
       if (Date.now() >= deadline) throw new ERR_LOCK_TIMEOUT(key)
       await sleep(LOCK_POLL_MS, undefined, options.signal ? { signal: options.signal } : undefined)
     }
+    const lost = new AbortController()
+    // Refreshed while held; a lock file that is gone or no longer ours (taken over as stale, e.g. after this process
+    // was stopped for longer than LOCK_STALE_MS) means the lock is lost.
     const refresh = setInterval(() => {
       const now = new Date()
-      fs.utimes(path, now, now).catch(() => {})
+      fs.readFile(path, 'utf8')
+        .then((current) => {
+          if (!current.includes(token)) throw new Error('the lock file was taken over')
+          return fs.utimes(path, now, now)
+        })
+        .catch((err: Error) => {
+          clearInterval(refresh)
+          lost.abort(new ERR_STORAGE(`lock of ${key}`, `lost: ${err.message}`, { cause: err }))
+        })
     }, LOCK_REFRESH_MS)
     refresh.unref()
     let released = false
-    return async () => {
-      if (released) return
-      released = true
-      clearInterval(refresh)
-      // Only remove the file if it is still ours (a stale takeover may have replaced it).
-      const current = await fs.readFile(path, 'utf8').catch(() => '')
-      if (current.includes(token)) await fs.rm(path, { force: true }).catch(() => {})
+    return {
+      lost: lost.signal,
+      release: async () => {
+        if (released) return
+        released = true
+        clearInterval(refresh)
+        // Only remove the file if it is still ours (a stale takeover may have replaced it).
+        const current = await fs.readFile(path, 'utf8').catch(() => '')
+        if (current.includes(token)) await fs.rm(path, { force: true }).catch(() => {})
+      },
     }
   }
 }

@@ -4,7 +4,16 @@
 import { createHash } from 'node:crypto'
 import { ERR_STORAGE_KEY } from '../errors.js'
 
-export type Unlock = () => Promise<void>
+/**
+ * A held lock. `lost` aborts when the storage can no longer promise the lock is still ours (a lease it could not
+ * extend, a lock file taken over): whoever holds it must stop the work it guards. The work is then decided again
+ * from what storage holds, never guessed.
+ */
+export interface Lease {
+  readonly lost: AbortSignal
+  /** Releases the lock if it is still ours; releasing twice is harmless. */
+  release(): Promise<void>
+}
 
 export interface LockOptions {
   /** Give up (FACME_LOCK_TIMEOUT) after this long; default 30 s. */
@@ -26,8 +35,17 @@ export interface Storage {
    * reading it raised. Used at start to read the cached certificates of many names (see FileStorage.getMany).
    */
   getMany?(keys: readonly string[]): Promise<Array<Buffer | undefined | Error>>
-  /** Exclusive lock on `key` across everyone sharing this storage; resolves with the function that releases it. */
-  lock(key: string, options?: LockOptions): Promise<Unlock>
+  /**
+   * Exclusive lock on `key` across everyone sharing this storage (a lease the storage keeps extending while it is
+   * held). Rejects with FACME_LOCK_TIMEOUT when it cannot be had within `timeoutMs`.
+   */
+  lock(key: string, options?: LockOptions): Promise<Lease>
+  /**
+   * Optional: true when list() is known to return every key under a prefix, in one call. load() then finds the few
+   * names with a retry state or an order in flight by listing, instead of one read per name. Leave it out when
+   * list() pages or may miss keys.
+   */
+  readonly listIsComplete?: boolean
 }
 
 const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/
@@ -54,6 +72,9 @@ export const keys = {
   certificates: (dir: string) => `${dir}/certificates/`,
   state: (dir: string, name: string) => `${dir}/state/${name}.json`,
   states: (dir: string) => `${dir}/state/`,
+  /** An order in flight: its URL (and, once made, the certificate key), so a restart resumes it. */
+  order: (dir: string, name: string) => `${dir}/orders/${name}.json`,
+  orders: (dir: string) => `${dir}/orders/`,
   orderLock: (dir: string, name: string) => `${dir}/locks/${name}`,
   accountLock: (dir: string) => `${dir}/locks/account`,
   challengeKey: (dir: string) => `${dir}/challenge-key.pem`,

@@ -1,8 +1,9 @@
 // In-memory Storage for tests and for users who do not want anything on disk (certificates are lost on restart).
 import { ERR_LOCK_TIMEOUT } from '../errors.js'
-import { assertKey, type LockOptions, type Storage, type Unlock } from './index.js'
+import { assertKey, type Lease, type LockOptions, type Storage } from './index.js'
 
 export class MemoryStorage implements Storage {
+  readonly listIsComplete = true
   readonly #data = new Map<string, Buffer>()
   readonly #locks = new Map<string, Promise<void>>()
 
@@ -26,7 +27,7 @@ export class MemoryStorage implements Storage {
     return [...this.#data.keys()].filter((k) => k.startsWith(prefix)).sort()
   }
 
-  async lock(key: string, options: LockOptions = {}): Promise<Unlock> {
+  async lock(key: string, options: LockOptions = {}): Promise<Lease> {
     assertKey(key)
     const timeoutMs = options.timeoutMs ?? 30_000
     const deadline = Date.now() + timeoutMs
@@ -42,9 +43,16 @@ export class MemoryStorage implements Storage {
     }
     let release!: () => void
     this.#locks.set(key, new Promise<void>((resolve) => (release = resolve)))
-    return async () => {
-      this.#locks.delete(key)
-      release()
+    let released = false
+    return {
+      // A lock in this process's memory cannot be lost.
+      lost: new AbortController().signal,
+      release: async () => {
+        if (released) return
+        released = true
+        this.#locks.delete(key)
+        release()
+      },
     }
   }
 }

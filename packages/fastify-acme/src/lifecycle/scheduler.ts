@@ -1,7 +1,7 @@
 // One timer for all names: a min-heap of (due time, name) and a single unref()ed timeout armed for the earliest
 // entry, so thousands of managed names cost one timer, not one each. Rescheduling a name supersedes its old entry
 // (lazy deletion by generation number).
-import type { Clock } from './options.js'
+import type { Clock } from '../options.js'
 
 interface Item {
   at: number

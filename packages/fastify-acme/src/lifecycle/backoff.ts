@@ -1,38 +1,12 @@
-// The maths of when to act: the renewal window of a certificate (with jitter), the retry delay after a failure
-// (capped exponential backoff with jitter, the shape Let's Encrypt's integration guide asks for), and clamping a
-// CA's Retry-After. Pure functions of their inputs; `random` is injectable so tests can pin it.
+// How long to wait after a failed attempt: capped exponential backoff with jitter (the shape Let's Encrypt's
+// integration guide asks for), a CA's Retry-After (clamped), and a floor after a failed validation. Pure functions of
+// their inputs; `random` is injectable so tests can pin it.
 
-/** Fraction of the lifetime over which renewals of certificates issued together are spread. */
-export const JITTER_FRACTION = 0.05
 /** We never wait less than this after a Retry-After, nor longer than RETRY_AFTER_MAX_MS. */
 export const RETRY_AFTER_MIN_MS = 1_000
 export const RETRY_AFTER_MAX_MS = 24 * 3600_000
 /** A failed validation counts against the CA's limit of 5 failed validations per name per hour: wait 15 min. */
 export const FAILED_VALIDATION_DELAY_MS = 15 * 60_000
-
-export interface RenewalWindow {
-  /** Earliest time a renewal may be scheduled (start of the jitter span). */
-  earliest: number
-  /** The nominal renewal time: when `ratio` of the lifetime remains. */
-  latest: number
-}
-
-export function renewalWindow(notBefore: number, notAfter: number, ratio: number): RenewalWindow {
-  const lifetime = Math.max(0, notAfter - notBefore)
-  const latest = notAfter - ratio * lifetime
-  return { earliest: latest - JITTER_FRACTION * lifetime, latest }
-}
-
-/** When to renew: a random point of the window. May be in the past (expired or overdue): act now. */
-export function renewalTime(
-  notBefore: number,
-  notAfter: number,
-  ratio: number,
-  random: () => number = Math.random,
-): number {
-  const { earliest, latest } = renewalWindow(notBefore, notAfter, ratio)
-  return Math.round(latest - random() * (latest - earliest))
-}
 
 /** Delay before retry number `attempt` (1 = first retry): min * 2^(attempt-1), +0-25% jitter, capped at max. */
 export function retryDelay(attempt: number, minMs: number, maxMs: number, random: () => number = Math.random): number {

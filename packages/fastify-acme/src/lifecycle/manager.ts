@@ -1,0 +1,330 @@
+// The certificate manager: composes the lifecycle modules for the managed names. It owns the per-name entries and
+// runs one order at a time per name; what each step does lives in its own file:
+//   load.ts (cache -> resolver at start), maintenance.ts (when a name needs work), order.ts (one order for one name),
+//   state.ts (the one transition: served certificate + status + event + log), account.ts, retry-state.ts,
+//   order-journal.ts, challenges.ts, issuers.ts, rate-limit.ts, slots.ts, scheduler.ts.
+import type { FastifyBaseLogger } from 'fastify'
+import { trustRoots } from '../acme.js'
+import type { CertificateRecord } from '../certificate.js'
+import { ERR_CLOSED, ERR_UNKNOWN_NAME } from '../errors.js'
+import type { AcmeEventEmitter, OrderReason } from '../events.js'
+import { normalizeServerName } from '../names.js'
+import type { Clock, ResolvedOptions } from '../options.js'
+import type { CertResolver } from '../resolver.js'
+import type { Storage } from '../storage/index.js'
+import { AccountKeeper } from './account.js'
+import type { ChallengeResponder } from './challenges.js'
+import { type Issuer, issuersFrom } from './issuers.js'
+import { checkCached, readCache } from './load.js'
+import { Maintenance } from './maintenance.js'
+import { OrderRunner, type Outcome } from './order.js'
+import { OrderJournals } from './order-journal.js'
+import { OrderLimiter } from './rate-limit.js'
+import { type RenewalPolicy, ratioPolicy } from './renewal-policy.js'
+import { RetryStates } from './retry-state.js'
+import { Slots } from './slots.js'
+import { type NameEntry, NameStates, type NameStatus, newEntry, statusOf } from './state.js'
+
+/** Bound on how long close() waits for orders in flight before returning. */
+export const CLOSE_GRACE_MS = 1500
+
+export interface ManagerDeps {
+  options: ResolvedOptions
+  storage: Storage
+  resolver: CertResolver
+  clock: Clock
+  log: FastifyBaseLogger
+  events: AcmeEventEmitter
+  /** Where challenges can be answered (capabilities of the server the plugin is registered on). */
+  responders: readonly ChallengeResponder[]
+  /** When to renew; default: the ratio rule of the options. */
+  policy?: RenewalPolicy
+  random?: () => number
+}
+
+export class CertificateManager {
+  readonly #o: ResolvedOptions
+  readonly #log: FastifyBaseLogger
+  readonly #clock: Clock
+  readonly #storage: Storage
+  readonly #issuer: Issuer
+  readonly #entries = new Map<string, NameEntry>()
+  readonly #abort = new AbortController()
+  readonly #states: NameStates
+  readonly #maintenance: Maintenance
+  readonly #retries: RetryStates
+  readonly #runner: OrderRunner
+  readonly #accounts: AccountKeeper
+  #started = false
+  #verifying: Promise<void> | undefined
+
+  constructor(deps: ManagerDeps) {
+    const o = deps.options
+    this.#o = o
+    this.#log = deps.log
+    this.#clock = deps.clock
+    this.#storage = deps.storage
+    const random = deps.random ?? Math.random
+    // The first issuer is the only one today; the list is the seam for a second CA.
+    this.#issuer = issuersFrom(o)[0]!
+    trustRoots(o.caRoots)
+    this.#states = new NameStates({ resolver: deps.resolver, events: deps.events, log: deps.log, clock: deps.clock })
+    this.#maintenance = new Maintenance({
+      clock: deps.clock,
+      policy: deps.policy ?? ratioPolicy(o.renewBeforeRatio),
+      random,
+      issueMissing: o.issueOnStart,
+      due: (name) => void this.#run(name, undefined),
+    })
+    this.#retries = new RetryStates(deps.storage, this.#issuer.dir, o)
+    this.#accounts = new AccountKeeper({
+      storage: deps.storage,
+      issuer: this.#issuer,
+      log: deps.log,
+      lockTimeoutMs: o.orderTimeoutMs,
+    })
+    this.#runner = new OrderRunner({
+      options: o,
+      issuer: this.#issuer,
+      storage: deps.storage,
+      clock: deps.clock,
+      log: deps.log,
+      random,
+      states: this.#states,
+      maintenance: this.#maintenance,
+      accounts: this.#accounts,
+      retries: this.#retries,
+      journals: new OrderJournals(deps.storage, this.#issuer.dir),
+      limiter: new OrderLimiter(o.rateLimit.orders, o.rateLimit.windowMs),
+      slots: new Slots(o.concurrency),
+      responders: deps.responders,
+      closing: this.#abort.signal,
+    })
+    for (const name of o.names) this.#track(name)
+  }
+
+  /** The storage folder of the (first) issuer. */
+  get directoryKey(): string {
+    return this.#issuer.dir
+  }
+
+  /** New orders this process sent to the CA. */
+  get ordersSent(): number {
+    return this.#runner.ordersSent
+  }
+
+  /** Starts managing `name` (the names of the options today; the seam for names added at runtime). */
+  #track(name: string): NameEntry {
+    const entry = newEntry(name)
+    this.#entries.set(name, entry)
+    return entry
+  }
+
+  /** Loads cached certificates, retry states and orders in flight; serves usable certificates. Never contacts the CA. */
+  async load(): Promise<void> {
+    const started = performance.now()
+    let loaded = 0
+    let expired = 0
+    let unchecked = 0
+    let resumable = 0
+    const deps = { storage: this.#storage, dir: this.#issuer.dir, log: this.#log, retries: this.#retries }
+    for await (const batch of readCache(deps, [...this.#entries.keys()])) {
+      for (const found of batch) {
+        const entry = this.#entries.get(found.name)!
+        const record = found.record
+        if (record) {
+          this.#states.apply(entry, {
+            to: 'loaded',
+            record,
+            verified: found.verified,
+            onUnusable: (err) => this.#drop(entry, record, err),
+          })
+          loaded++
+          if (Date.parse(record.notAfter) <= this.#clock.now()) expired++
+          if (!found.verified) unchecked++
+        }
+        if (found.retry) {
+          const { failures, lastError, lastErrorCode, lastErrorAt } = found.retry
+          this.#states.apply(entry, {
+            to: 'restored',
+            failures,
+            error: { message: lastError, code: lastErrorCode ?? 'FACME_ORDER_FAILED', at: lastErrorAt },
+          })
+        }
+        if (found.orderInFlight) resumable++
+        this.#maintenance.plan(entry, { retry: found.retry, orderInFlight: found.orderInFlight })
+      }
+    }
+    this.#log.info(
+      { names: this.#entries.size, loaded, expired, unchecked, resumable, ms: Math.round(performance.now() - started) },
+      'fastify-acme: cached certificates loaded',
+    )
+  }
+
+  /**
+   * The server listens: schedules every name (renewals and retries at their time, missing certificates now with
+   * issueOnStart, interrupted orders at once), reports loaded certificates, starts the background check.
+   */
+  async start(): Promise<void> {
+    if (this.#started) return
+    this.#started = true
+    // RSA key generation takes a few hundred ms: start it now, before the first order needs it.
+    if (this.#o.issueOnStart && this.#o.challenges.includes('tls-alpn-01')) {
+      void this.#accounts.challengeKey().catch(() => {})
+    }
+    this.#states.listening()
+    this.#maintenance.start(this.#entries.values())
+    this.#verifying = this.#verifyCached().catch((err: Error) => {
+      this.#log.error({ err }, 'fastify-acme: checking the cached certificates stopped')
+    })
+  }
+
+  /** The background check of sealed records served unchecked at load. */
+  async #verifyCached(): Promise<void> {
+    const pending: Array<{ name: string; record: CertificateRecord }> = []
+    for (const entry of this.#entries.values()) {
+      if (entry.record && entry.verified === false) pending.push({ name: entry.name, record: entry.record })
+    }
+    if (pending.length === 0) return
+    const started = performance.now()
+    let rejected = 0
+    const current = (name: string, record: CertificateRecord) => {
+      const entry = this.#entries.get(name)
+      return entry?.record === record && entry.verified === false
+    }
+    const checks = checkCached(pending, current, this.#abort.signal)
+    let step = await checks.next()
+    while (!step.done) {
+      const { name, record, actual, error } = step.value
+      const entry = this.#entries.get(name)!
+      if (error || !actual) {
+        rejected++
+        this.#drop(entry, record, error ?? new Error('check failed'))
+      } else if (
+        actual.notBefore !== record.notBefore ||
+        actual.notAfter !== record.notAfter ||
+        actual.serial !== record.serial
+      ) {
+        // A record made by another tool: the certificate wins; the renewal time follows it.
+        this.#states.apply(entry, { to: 'corrected', record: actual })
+        if (!entry.running && entry.next?.kind === 'renew') this.#maintenance.plan(entry)
+      } else {
+        entry.verified = true
+      }
+      step = await checks.next()
+    }
+    this.#log.info(
+      { checked: step.value.checked, of: pending.length, rejected, ms: Math.round(performance.now() - started) },
+      'fastify-acme: cached certificates checked',
+    )
+  }
+
+  /** A served cached certificate failed its check (in the background or at its first handshake). */
+  #drop(entry: NameEntry, record: CertificateRecord, err: Error): void {
+    if (entry.record !== record) return
+    this.#states.apply(entry, { to: 'dropped', record, error: err })
+    // An order already running will install its certificate.
+    if (entry.running) return
+    if (!this.#started) this.#maintenance.plan(entry)
+    // A persisted retry state still applies: the order reads it and waits if the name is backing off.
+    else if (this.#o.issueOnStart) this.#maintenance.set(entry, 'issue', this.#clock.now())
+    else this.#maintenance.clear(entry)
+  }
+
+  status(name: string): NameStatus | undefined {
+    const entry = this.#entries.get(normalizeServerName(name))
+    return entry ? statusOf(entry) : undefined
+  }
+
+  statuses(): NameStatus[] {
+    return [...this.#entries.values()].map(statusOf)
+  }
+
+  /** Orders a certificate for `name` now, whatever its schedule; resolves with the new status. */
+  async issueNow(name: string): Promise<NameStatus> {
+    const entry = this.#entries.get(normalizeServerName(name))
+    if (!entry) throw new ERR_UNKNOWN_NAME(name)
+    // An order already running was started before this request: wait for it, then order anew.
+    if (entry.running) await entry.running
+    const outcome = await this.#run(entry.name, 'manual')
+    if (outcome.kind === 'failed' || outcome.kind === 'abandoned') throw outcome.error
+    return statusOf(entry)
+  }
+
+  /** Resolves once `name` has a certificate being served (at once if it already has one). */
+  waitForCertificate(name: string): Promise<NameStatus> {
+    const entry = this.#entries.get(normalizeServerName(name))
+    if (!entry) return Promise.reject(new ERR_UNKNOWN_NAME(name))
+    if (entry.record) return Promise.resolve(statusOf(entry))
+    return new Promise((resolve, reject) => entry.waiters.push({ resolve, reject }))
+  }
+
+  async close(): Promise<void> {
+    this.#maintenance.stop()
+    this.#abort.abort(new ERR_CLOSED())
+    await this.#verifying
+    for (const entry of this.#entries.values()) {
+      for (const w of entry.waiters.splice(0)) w.reject(new ERR_CLOSED())
+    }
+    const running = [...this.#entries.values()].map((e) => e.running).filter((p) => p !== undefined)
+    if (running.length === 0) return
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      Promise.allSettled(running),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, CLOSE_GRACE_MS)
+      }),
+    ])
+    clearTimeout(timer)
+  }
+
+  /** Runs one attempt for `name` (at most one at a time) and schedules what follows from its outcome. */
+  #run(name: string, requested: OrderReason | undefined): Promise<Outcome> {
+    const entry = this.#entries.get(name)
+    if (!entry) return Promise.reject(new ERR_UNKNOWN_NAME(name))
+    if (this.#abort.signal.aborted) return Promise.resolve({ kind: 'abandoned', error: new ERR_CLOSED() })
+    if (entry.running) {
+      return entry.running.then(() => ({ kind: 'abandoned', error: new ERR_CLOSED() }) as Outcome)
+    }
+    this.#maintenance.running(entry)
+    const reason: OrderReason =
+      requested === 'manual'
+        ? 'manual'
+        : entry.failures > 0
+          ? 'retry'
+          : (requested ?? (entry.record ? 'renewal' : 'missing'))
+    const attempt = this.#runner.run(entry, reason).then((outcome) => {
+      this.#follow(entry, outcome)
+      return outcome
+    })
+    const running = attempt.then(
+      () => undefined,
+      () => undefined,
+    )
+    entry.running = running
+    void running.then(() => {
+      if (entry.running === running) entry.running = undefined
+    })
+    return attempt
+  }
+
+  /** What comes after an attempt. */
+  #follow(entry: NameEntry, outcome: Outcome): void {
+    switch (outcome.kind) {
+      case 'issued':
+      case 'adopted':
+        this.#maintenance.plan(entry)
+        for (const w of entry.waiters.splice(0)) w.resolve(statusOf(entry))
+        return
+      case 'wait':
+        this.#maintenance.set(entry, outcome.next, outcome.at)
+        return
+      case 'failed':
+        this.#maintenance.set(entry, 'retry', outcome.at)
+        return
+      case 'abandoned':
+        if (outcome.at !== undefined && !this.#abort.signal.aborted) this.#maintenance.set(entry, 'retry', outcome.at)
+        return
+    }
+  }
+}

@@ -1,0 +1,349 @@
+// One order for one name, in one direction: decide -> lock -> re-check storage -> order (or resume the order a
+// stopped process left) -> store -> install. The CA conversation is acme.ts's; this file decides what to ask and
+// stores each step's result before the next, so that a crash costs no extra order. It returns the outcome; the
+// manager schedules what follows.
+import type { FastifyBaseLogger } from 'fastify'
+import {
+  ACCOUNT_DOES_NOT_EXIST,
+  type AccountRecord,
+  type AcmeOrder,
+  AcmeSession,
+  generateCertificateKey,
+} from '../acme.js'
+import { type CertificateRecord, checkPair, parseRecord, recordDigest, recordSeal } from '../certificate.js'
+import {
+  type CaFacts,
+  ERR_CLOSED,
+  ERR_INTERRUPTED,
+  ERR_NO_CHALLENGE,
+  ERR_ORDER_FAILED,
+  ERR_ORDER_TIMEOUT,
+  factsOf,
+  withFacts,
+} from '../errors.js'
+import type { OrderReason } from '../events.js'
+import type { Clock, ResolvedOptions } from '../options.js'
+import { keys, type Lease, type Storage } from '../storage/index.js'
+import { type AccountKeeper, RESERVATION_BYTES } from './account.js'
+import { nextAttemptDelay } from './backoff.js'
+import { type ChallengeResponder, presenterFor } from './challenges.js'
+import type { Issuer } from './issuers.js'
+import type { Maintenance } from './maintenance.js'
+import type { OrderJournal, OrderJournals } from './order-journal.js'
+import type { OrderLimiter } from './rate-limit.js'
+import type { RetryState, RetryStates } from './retry-state.js'
+import type { Slots } from './slots.js'
+import type { NameEntry, NameStates, NextKind } from './state.js'
+
+export type Outcome =
+  /** A certificate is served: ordered here, or found in storage (another process's). */
+  | { kind: 'issued' | 'adopted' }
+  /** Nothing ordered now; the name is due again at `at` (backing off, budget used up, an interrupted order gone). */
+  | { kind: 'wait'; next: NextKind; at: number }
+  /** The attempt failed; retry at `at`. */
+  | { kind: 'failed'; error: Error & { code: string }; at: number }
+  /** Abandoned without a verdict: close(), or the storage lock was lost (another instance may carry on). */
+  | { kind: 'abandoned'; error: Error; at?: number }
+
+export interface OrderDeps {
+  options: ResolvedOptions
+  issuer: Issuer
+  storage: Storage
+  clock: Clock
+  log: FastifyBaseLogger
+  random: () => number
+  states: NameStates
+  maintenance: Maintenance
+  accounts: AccountKeeper
+  retries: RetryStates
+  journals: OrderJournals
+  limiter: OrderLimiter
+  slots: Slots
+  responders: readonly ChallengeResponder[]
+  /** Aborts when the plugin closes. */
+  closing: AbortSignal
+}
+
+/** After a lost lock, look again this soon: the storage then says whether the other holder finished. */
+const LOST_LOCK_RECHECK_MS = 5_000
+
+/** Thrown inside an attempt when the interrupted order it was resuming is gone or dead at the CA. */
+class OrderGone extends Error {}
+
+export class OrderRunner {
+  readonly #d: OrderDeps
+  /** Orders this process sent to the CA (new orders only; a resumed order is not a new one). */
+  ordersSent = 0
+
+  constructor(deps: OrderDeps) {
+    this.#d = deps
+  }
+
+  async run(entry: NameEntry, reason: OrderReason): Promise<Outcome> {
+    const { slots, storage, issuer, options, closing } = this.#d
+    const name = entry.name
+    await slots.acquire()
+    let lease: Lease | undefined
+    try {
+      closing.throwIfAborted()
+      lease = await storage.lock(keys.orderLock(issuer.dir, name), {
+        timeoutMs: options.orderTimeoutMs,
+        signal: closing,
+      })
+      return await this.#locked(entry, reason, lease)
+    } catch (err) {
+      if (closing.aborted) return { kind: 'abandoned', error: new ERR_CLOSED({ cause: err }) }
+      // Taking the lock (or reading storage) failed: a failure like any other, with its backoff.
+      return this.#failed(entry, err, undefined)
+    } finally {
+      await lease?.release().catch(() => {})
+      slots.release()
+    }
+  }
+
+  async #locked(entry: NameEntry, reason: OrderReason, lease: Lease): Promise<Outcome> {
+    const { storage, issuer, retries, journals, limiter, clock, states, closing, options } = this.#d
+    const name = entry.name
+    // Another process sharing this storage may have renewed (or failed) while we waited for the lock.
+    if (reason !== 'manual' && (await this.#adoptStored(entry))) return { kind: 'adopted' }
+    const priorRaw = await retries.raw(name).catch(() => undefined)
+    const retry = retries.parse(priorRaw)
+    // The stored count is the truth (another process, or a retry state load() did not see): the next failure's
+    // backoff continues from it.
+    if (retry && retry.failures > entry.failures)
+      states.apply(entry, { to: 'restored-failures', failures: retry.failures })
+    let journal = await journals.read(name)
+    // An order in flight is resumed whatever the backoff: resuming sends no new order.
+    if (!journal && reason !== 'manual' && retry && retry.nextAttemptAt > clock.now()) {
+      return { kind: 'wait', next: 'retry', at: retry.nextAttemptAt }
+    }
+    if (!journal) {
+      const wait = limiter.take(clock.now())
+      if (wait > 0) {
+        const until = clock.now() + wait
+        states.apply(entry, { to: 'deferred', reason: 'order budget used up', until })
+        return { kind: 'wait', next: entry.record ? 'renew' : 'issue', at: until }
+      }
+    }
+    await retries.markOrdering(name, retry, clock.now())
+    let reserved = false
+    const timeout = AbortSignal.timeout(options.orderTimeoutMs)
+    const signal = AbortSignal.any([closing, lease.lost, timeout])
+    try {
+      // ... and room for the certificate itself, much larger than that state: a reservation the size of a large
+      // record, given back just before the certificate is written.
+      await storage.put(keys.reservation(issuer.dir, name), Buffer.alloc(RESERVATION_BYTES))
+      reserved = true
+      const attempt = (retry?.failures ?? 0) + 1
+      states.apply(entry, { to: 'ordering', reason: journal ? 'resume' : reason, attempt })
+      let account = await this.#d.accounts.ensure(signal)
+      let issued: { keyPem: string; chainPem: string; orderUrl: string }
+      try {
+        issued = await this.#obtain(entry, account, journal, signal)
+      } catch (err) {
+        if ((err as CaFacts).problemType !== ACCOUNT_DOES_NOT_EXIST) throw err
+        // The CA forgot the account, and with it any order of ours: register the same key again, order anew.
+        account = await this.#d.accounts.reRegister(account, signal)
+        if (journal) await journals.remove(name)
+        journal = undefined
+        issued = await this.#obtain(entry, account, undefined, signal)
+      }
+      const record = this.#record(name, issued)
+      // Store first, then serve: a certificate we serve is always one we will find again after a restart. If storing
+      // fails we still serve it (it is valid) and the error is logged; the retry state stays.
+      try {
+        await storage.delete(keys.reservation(issuer.dir, name))
+        reserved = false
+        await storage.put(keys.certificate(issuer.dir, name), JSON.stringify(record))
+        await journals.remove(name)
+        await retries.clear(name)
+      } catch (err) {
+        this.#d.log.error(
+          { name, err },
+          'fastify-acme: certificate issued but could not be stored; serving it from memory',
+        )
+      }
+      states.apply(entry, { to: 'issued', record })
+      return { kind: 'issued' }
+    } catch (err) {
+      if (closing.aborted || lease.lost.aborted) {
+        // Stopped by close() or by losing the lock, not failed: the retry state goes back to what it was, so the
+        // interruption costs nothing; an order in flight stays journaled and is resumed next time.
+        await retries.restore(name, priorRaw).catch(() => {})
+        states.apply(entry, { to: 'idle' })
+        if (closing.aborted) return { kind: 'abandoned', error: new ERR_CLOSED({ cause: err }) }
+        this.#d.log.warn({ name, err: lease.lost.reason }, 'fastify-acme: storage lock lost; the order stopped')
+        return { kind: 'abandoned', error: lease.lost.reason as Error, at: clock.now() + LOST_LOCK_RECHECK_MS }
+      }
+      if (err instanceof OrderGone) return this.#interrupted(entry, retry, err.message)
+      const coded = timeout.aborted ? new ERR_ORDER_TIMEOUT(name, options.orderTimeoutMs, { cause: err }) : err
+      // A validation verdict kills the order at the CA: nothing left to resume.
+      if (factsOf(coded).validation || (coded as { code?: string }).code === 'FACME_NO_CHALLENGE') {
+        await journals.remove(name).catch(() => {})
+      }
+      return this.#failed(entry, coded, retry)
+    } finally {
+      if (reserved) await storage.delete(keys.reservation(issuer.dir, name)).catch(() => {})
+    }
+  }
+
+  /**
+   * The certificate of a new order, or of the journaled one: fetched, then carried on from its status (pending:
+   * answer the challenges; ready: finalize; processing: wait; valid: download).
+   */
+  async #obtain(
+    entry: NameEntry,
+    account: AccountRecord,
+    journal: OrderJournal | undefined,
+    signal: AbortSignal,
+  ): Promise<{ keyPem: string; chainPem: string; orderUrl: string }> {
+    const { journals, clock, log, options, responders, states, accounts } = this.#d
+    const name = entry.name
+    const names = [name]
+    const session = new AcmeSession(account, this.#d.issuer.eab, (step, detail) =>
+      log.info({ name, ...detail }, `fastify-acme: ${step}`),
+    )
+    const presenter = presenterFor(entry, options.challenges, responders, () => accounts.challengeKey(), states)
+    let order: AcmeOrder | undefined
+    if (journal) {
+      order = journal.accountUrl === account.url ? await session.fetchOrder(signal, journal.orderUrl) : undefined
+      const next = !order
+        ? 'the CA no longer has it: a new order follows the retry rules'
+        : order.status === 'invalid'
+          ? 'it is invalid: a new order follows the retry rules'
+          : order.status === 'valid' && !journal.keyPem
+            ? 'it is valid but its key was not kept: a new order follows the retry rules'
+            : {
+                pending: 'answer its challenges',
+                ready: 'finalize it',
+                processing: 'wait for it',
+                valid: 'download the certificate',
+              }[order.status]
+      log.info(
+        {
+          name,
+          orderUrl: journal.orderUrl,
+          startedAt: new Date(journal.startedAt).toISOString(),
+          status: order?.status ?? 'gone',
+          expires: order?.expires,
+          next,
+        },
+        'fastify-acme: found an order interrupted by a restart',
+      )
+      if (!order || order.status === 'invalid' || (order.status === 'valid' && !journal.keyPem)) {
+        await journals.remove(name)
+        throw new OrderGone(`the order interrupted by a restart (${journal.orderUrl}) ${next}`)
+      }
+    } else {
+      if (presenter.types.length === 0) {
+        throw new ERR_NO_CHALLENGE(
+          name,
+          `none of the challenge types ${options.challenges.join(', ')} can be answered by this server now`,
+        )
+      }
+      this.ordersSent++
+      order = await session.newOrder(signal, names)
+      journal = { orderUrl: order.url, names, accountUrl: account.url, startedAt: clock.now() }
+      // Before any challenge is answered: from here on, a crash resumes this order.
+      await journals.write(name, journal)
+    }
+    if (order.status === 'pending') await session.authorize(signal, order, presenter)
+    if (order.status === 'pending' || order.status === 'ready') {
+      if (!journal.keyPem) {
+        // Kept before finalize: an order finalized just before a crash is downloaded and paired with this key.
+        journal = { ...journal, keyPem: await generateCertificateKey(options.keyType) }
+        await journals.write(name, journal)
+      }
+      order = await session.finalize(signal, order, journal.names, journal.keyPem as string)
+    } else if (order.status === 'processing') {
+      order = await session.waitValid(signal, order)
+    }
+    const chainPem = await session.download(signal, order)
+    return { keyPem: journal.keyPem as string, chainPem, orderUrl: order.url }
+  }
+
+  #record(name: string, issued: { keyPem: string; chainPem: string; orderUrl: string }): CertificateRecord {
+    const info = checkPair(name, issued.keyPem, issued.chainPem)
+    const record: CertificateRecord = {
+      name,
+      keyPem: issued.keyPem,
+      chainPem: issued.chainPem,
+      keyType: this.#d.options.keyType,
+      notBefore: info.notBefore.toISOString(),
+      notAfter: info.notAfter.toISOString(),
+      serial: info.serial,
+      issuer: info.issuer,
+      issuedAt: new Date(this.#d.clock.now()).toISOString(),
+      orderUrl: issued.orderUrl,
+      digest: recordDigest(issued.keyPem, issued.chainPem),
+    }
+    record.seal = recordSeal(record)
+    return record
+  }
+
+  /** If storage holds a newer, not-yet-due certificate than ours (another process renewed it), serve that. */
+  async #adoptStored(entry: NameEntry): Promise<boolean> {
+    const { storage, issuer, clock, states, maintenance } = this.#d
+    const record = parseRecord(await storage.get(keys.certificate(issuer.dir, entry.name)).catch(() => undefined))
+    if (!record || record.serial === entry.record?.serial) return false
+    try {
+      checkPair(entry.name, record.keyPem, record.chainPem)
+    } catch {
+      return false
+    }
+    const probe = { ...entry, record }
+    if (maintenance.renewAt(probe, () => 0).at <= clock.now()) return false
+    states.apply(entry, { to: 'adopted', record })
+    return true
+  }
+
+  /** The interrupted order cannot be carried on: the interruption counts as the failure the retry state says. */
+  async #interrupted(entry: NameEntry, retry: RetryState | undefined, message: string): Promise<Outcome> {
+    const { retries, clock, states } = this.#d
+    const now = clock.now()
+    const failures =
+      Math.max(retry?.failures ?? 0, entry.failures) + (retry?.lastErrorCode === 'FACME_INTERRUPTED' ? 0 : 1)
+    const at = Math.max(retry?.nextAttemptAt ?? 0, now)
+    const error = new ERR_INTERRUPTED(message)
+    const state: RetryState = {
+      failures,
+      nextAttemptAt: at,
+      lastError: error.message,
+      lastErrorCode: error.code,
+      lastErrorAt: now,
+    }
+    await retries.write(entry.name, state).catch(() => {})
+    states.apply(entry, { to: 'failed', error, failures, nextAttemptAt: at })
+    return { kind: 'wait', next: 'retry', at }
+  }
+
+  async #failed(entry: NameEntry, err: unknown, retry: RetryState | undefined): Promise<Outcome> {
+    const { retries, clock, states, options, random, log } = this.#d
+    const error = coded(entry.name, err)
+    const failures = Math.max(entry.failures, retry?.failures ?? 0) + 1
+    const facts = factsOf(error)
+    const now = clock.now()
+    const at = now + nextAttemptDelay(failures, facts, options, random)
+    const state: RetryState = {
+      failures,
+      nextAttemptAt: at,
+      lastError: error.message,
+      lastErrorCode: error.code,
+      lastErrorAt: now,
+    }
+    await retries.write(entry.name, state).catch((storeErr: Error) => {
+      log.error({ name: entry.name, err: storeErr }, 'fastify-acme: could not persist the retry state')
+    })
+    states.apply(entry, { to: 'failed', error, failures, nextAttemptAt: at })
+    return { kind: 'failed', error, at }
+  }
+}
+
+/** Every failure leaves with a FACME_* code; one without (a bug, a storage of the user's) is wrapped. */
+function coded(name: string, err: unknown): Error & { code: string } {
+  const code = (err as { code?: unknown })?.code
+  if (err instanceof Error && typeof code === 'string' && code.startsWith('FACME_'))
+    return err as Error & { code: string }
+  const message = err instanceof Error ? err.message : String(err)
+  return withFacts(new ERR_ORDER_FAILED(name, message, { cause: err }), factsOf(err)) as Error & { code: string }
+}
