@@ -428,8 +428,18 @@ interface OrderWithData extends AcmeOrder {
   readonly data: acme.Order
 }
 
+const ORDER_STATUSES = new Set(['pending', 'ready', 'processing', 'valid', 'invalid'])
+
 function wrapOrder(order: acme.Order): OrderWithData {
-  return { url: order.url, status: order.status as OrderStatus, expires: order.expires, data: order }
+  // Anything else a CA reports (Pebble says "deactivated" once its authorizations were) is an order that is over.
+  const status = (ORDER_STATUSES.has(order.status) ? order.status : 'invalid') as OrderStatus
+  return { url: order.url, status, expires: order.expires, data: order }
+}
+
+/** Stopped by the plugin (close(), a lost lock), not failed: the order stays resumable, so nothing is undone. */
+function stoppedByUs(signal: AbortSignal): boolean {
+  const code = signal.aborted ? (signal.reason as { code?: unknown } | undefined)?.code : undefined
+  return typeof code === 'string' && code.startsWith('FACME_')
 }
 
 /** Extra newOrder fields (RFC 9773 `replaces`, the profiles draft's `profile`), sent as given. */
@@ -477,13 +487,15 @@ export class AcmeSession {
 
   /**
    * Answers every pending authorization of `order` (all concurrently; reused ones need nothing). On failure,
-   * the authorizations still pending are deactivated so none lingers on the account.
+   * the authorizations still pending are deactivated so none lingers on the account; when the plugin itself stopped
+   * the work (close(), a lost lock) they are left for the order to be resumed.
    */
   async authorize(signal: AbortSignal, order: AcmeOrder, presenter: ChallengePresenter): Promise<void> {
     const authzs = await call(signal, 'authorizations', () => this.#client.getAuthorizations(dataOf(order)))
     try {
       await Promise.all(authzs.map((authz) => this.#completeAuthorization(signal, authz, presenter)))
     } catch (err) {
+      if (stoppedByUs(signal)) throw err
       // One that failed validation is already invalid and the CA refuses to deactivate it, which is fine.
       await Promise.all(
         authzs

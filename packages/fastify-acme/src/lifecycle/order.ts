@@ -245,14 +245,14 @@ export class OrderRunner {
       order = await session.newOrder(signal, names)
       journal = { orderUrl: order.url, names, accountUrl: account.url, startedAt: clock.now() }
       // Before any challenge is answered: from here on, a crash resumes this order.
-      await journals.write(name, journal)
+      await this.#journal(name, journal)
     }
     if (order.status === 'pending') await session.authorize(signal, order, presenter)
     if (order.status === 'pending' || order.status === 'ready') {
       if (!journal.keyPem) {
         // Kept before finalize: an order finalized just before a crash is downloaded and paired with this key.
         journal = { ...journal, keyPem: await generateCertificateKey(options.keyType) }
-        await journals.write(name, journal)
+        await this.#journal(name, journal)
       }
       order = await session.finalize(signal, order, journal.names, journal.keyPem as string)
     } else if (order.status === 'processing') {
@@ -260,6 +260,21 @@ export class OrderRunner {
     }
     const chainPem = await session.download(signal, order)
     return { keyPem: journal.keyPem as string, chainPem, orderUrl: order.url }
+  }
+
+  /**
+   * Keeps the order's progress. Best effort: the space reserved before the order is for the certificate, so a full
+   * disk that refuses the journal costs the order's resumability after a crash, never the certificate.
+   */
+  async #journal(name: string, journal: OrderJournal): Promise<void> {
+    try {
+      await this.#d.journals.write(name, journal)
+    } catch (err) {
+      this.#d.log.warn(
+        { name, err },
+        'fastify-acme: could not keep the order in storage; a crash before it ends would need a new order',
+      )
+    }
   }
 
   #record(name: string, issued: { keyPem: string; chainPem: string; orderUrl: string }): CertificateRecord {
