@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { createSecureContext, createServer as createTlsServer } from 'node:tls'
-import { countOrders, freePort, makeTestCertificates, type Pebble, startDnsStub, startPebble } from './harness/index.js'
+import { countOrders, freePort, makeTestCertificates, type Pebble, startDnsStub, startPebble } from '../src/index.js'
 
 interface Reply {
   status: number
