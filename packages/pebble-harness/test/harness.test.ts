@@ -69,7 +69,7 @@ function alive(pid: number): boolean {
 const b64u = (data: Buffer | string) => Buffer.from(data).toString('base64url')
 
 /**
- * Just enough RFC 8555 to get one certificate over HTTP-01: proves the harness is usable for real issuance (DNS stub,
+ * Just enough RFC 8555 to get one certificate over HTTP-01: proves the harness is usable for real issuance (challtestsrv DNS,
  * ports, trust) without depending on the ACME client the packages under test use.
  */
 class MiniAcme {
