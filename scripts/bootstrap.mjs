@@ -27,6 +27,8 @@ function run(cmd, args, opts = {}) {
 // 1. Debian packages.
 const wanted = [
   ['pebble', 'pebble'],
+  // Same Debian package: the harness's DNS server.
+  ['pebble-challtestsrv', 'pebble'],
   ['openssl', 'openssl'],
   ['curl', 'curl'],
   // The reliability suite's protocol/cipher scan (test/reliability/tls-scan.test.ts).
@@ -38,7 +40,7 @@ const wanted = [
       ]
     : []),
 ]
-const missing = wanted.filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg)
+const missing = [...new Set(wanted.filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg))]
 if (missing.length > 0) {
   const isRoot = typeof process.getuid === 'function' && process.getuid() === 0
   if (!isRoot || !has('apt-get')) {

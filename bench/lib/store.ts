@@ -6,7 +6,7 @@
 import { createHash, createPrivateKey, generateKeyPairSync, type KeyObject, randomBytes, sign } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { type CertificateRecord, directoryKey, recordDigest, recordSeal } from '@autotls/fastify-acme'
+import { type CertificateRecord, directoryKey, recordDigest, recordSeal } from '@autotls/fastify-acme/internal'
 
 /** The ACME directory the store is filed under; never contacted (the SNI server runs with issueOnStart: false). */
 export const STORE_DIRECTORY_URL = 'https://acme.bench.invalid/directory'

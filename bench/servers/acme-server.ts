@@ -14,14 +14,8 @@
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { parseArgs } from 'node:util'
-import {
-  acmeServerFactory,
-  type CertificateRecord,
-  directoryKey,
-  FileStorage,
-  fastifyAcme,
-  wiringOf,
-} from '@autotls/fastify-acme'
+import { acmeServerFactory, FileStorage, fastifyAcme } from '@autotls/fastify-acme'
+import { type CertificateRecord, directoryKey, wiringOf } from '@autotls/fastify-acme/internal'
 import Fastify from 'fastify'
 
 const { values } = parseArgs({

@@ -7,8 +7,8 @@ import type { ChildProcess } from 'node:child_process'
 import { connect as netConnect, createServer as netCreateServer, type Server } from 'node:net'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
+import { parseClientHello } from '@autotls/fastify-acme/internal'
 import { countOrders, type Pebble, startPebble } from '@autotls/pebble-harness'
-import { parseClientHello } from '../../packages/fastify-acme/src/client-hello.js'
 import { figure, httpsGet, killChild, message, spawnTs, tempDir } from './helpers.js'
 
 const NAMES = ['a.shared.reliability.test', 'b.shared.reliability.test']

@@ -9,7 +9,8 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { cp, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { checkPair, directoryKey, FileStorage } from '@autotls/fastify-acme'
+import { FileStorage } from '@autotls/fastify-acme'
+import { checkPair, directoryKey } from '@autotls/fastify-acme/internal'
 import { countOrders, type Pebble, startPebble } from '@autotls/pebble-harness'
 import {
   bundle,

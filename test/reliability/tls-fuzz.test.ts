@@ -7,8 +7,8 @@ import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { connect as netConnect } from 'node:net'
 import { after, before, test } from 'node:test'
+import { parseClientHello } from '@autotls/fastify-acme/internal'
 import { makeTestCertificates } from '@autotls/pebble-harness'
-import { parseClientHello } from '../../packages/fastify-acme/src/client-hello.js'
 import { captureHello, MUTATIONS, type Mutation, mutate } from './fuzz-corpus.js'
 import {
   challengeCertificate,

@@ -17,8 +17,8 @@ import { Agent } from 'node:https'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createSecureContext, rootCertificates } from 'node:tls'
 import * as acme from 'acme-client'
+import { type CaFacts, withFacts } from './error-facts.js'
 import {
-  type CaFacts,
   ERR_CA_PROBLEM,
   ERR_CA_UNREACHABLE,
   ERR_CA_UNTRUSTED,
@@ -26,7 +26,6 @@ import {
   ERR_NOT_A_DIRECTORY,
   ERR_RATE_LIMITED,
   ERR_VALIDATION_FAILED,
-  withFacts,
 } from './errors.js'
 import type { ChallengeType, KeyType } from './options.js'
 

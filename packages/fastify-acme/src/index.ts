@@ -68,25 +68,15 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
 export const fastifyAcme = fp(plugin, { fastify: '5.x', name: '@autotls/fastify-acme' })
 export default fastifyAcme
 
-export {
-  type CertificateInfo,
-  type CertificateRecord,
-  checkPair,
-  inspectChain,
-  parseRecord,
-  recordDigest,
-  recordSeal,
-} from './certificate.js'
-export { acmeHttp01, HTTP01_PREFIX } from './challenge-http.js'
-export { ACME_TLS_ALPN, isChallengeHello } from './challenge-tls-alpn.js'
+// The public surface: what an application needs. Helpers for tests, the benchmark and proxy-preset live behind
+// `@autotls/fastify-acme/internal` (src/internal.ts), which is no stable API.
+export type { CertificateInfo } from './certificate.js'
+export { acmeHttp01 } from './challenge-http.js'
 export type { FastifyAcme } from './decorator.js'
+export type { CaFacts } from './error-facts.js'
 export * from './errors.js'
 export type { AcmeEventName, AcmeEvents, OrderReason } from './events.js'
-export { clampRetryAfter, nextAttemptDelay, retryDelay } from './lifecycle/backoff.js'
-export { LOAD_CONCURRENCY } from './lifecycle/load.js'
-export { renewalTime, renewalWindow } from './lifecycle/renewal-policy.js'
 export type { NameState, NameStatus } from './lifecycle/state.js'
-export { canonicalName, normalizeServerName } from './names.js'
 export {
   type AcmeOptionsData,
   AcmeOptionsSchema,
@@ -100,11 +90,9 @@ export {
   type KeyType,
   LETSENCRYPT_PRODUCTION,
   LETSENCRYPT_STAGING,
-  type ResolvedOptions,
-  resolveOptions,
 } from './options.js'
 export { CertResolver, type KeyCertPair } from './resolver.js'
-export { type AcmeServerOptions, acmeServerFactory, wiringOf } from './server.js'
+export { type AcmeServerOptions, acmeServerFactory } from './server.js'
 export { FileStorage } from './storage/file.js'
-export { directoryKey, type Lease, type LockOptions, type Storage } from './storage/index.js'
+export type { Lease, LockOptions, Storage } from './storage/index.js'
 export { MemoryStorage } from './storage/memory.js'

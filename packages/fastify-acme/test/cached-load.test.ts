@@ -11,16 +11,8 @@ import { createSecureContext } from 'node:tls'
 import { makeTestCertificates, startPebble } from '@autotls/pebble-harness'
 import Fastify from 'fastify'
 import { type CertificateRecord, parseRecord, recordDigest, recordSeal } from '../src/certificate.js'
-import {
-  acmeServerFactory,
-  CertResolver,
-  directoryKey,
-  FileStorage,
-  fastifyAcme,
-  MemoryStorage,
-  type Storage,
-  wiringOf,
-} from '../src/index.js'
+import { acmeServerFactory, CertResolver, FileStorage, fastifyAcme, MemoryStorage, type Storage } from '../src/index.js'
+import { directoryKey, wiringOf } from '../src/internal.js'
 import { handshake, httpsGet, pebbleAcme, startApp, until } from './helpers.js'
 
 const DIRECTORY = 'https://127.0.0.1:9/dir'

@@ -8,7 +8,8 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import { startPebble } from '@autotls/pebble-harness'
 import { parseRecord, recordDigest } from '../src/certificate.js'
-import { checkPair, directoryKey, FileStorage } from '../src/index.js'
+import { FileStorage } from '../src/index.js'
+import { checkPair, directoryKey } from '../src/internal.js'
 import { httpsGet, pebbleAcme, startApp } from './helpers.js'
 
 function flipBefore(text: string, marker: string, occurrence: number, back: number): string {

@@ -4,13 +4,12 @@ import { describe, test } from 'node:test'
 import Fastify from 'fastify'
 import {
   acmeServerFactory,
-  canonicalName,
   fastifyAcme,
   LETSENCRYPT_PRODUCTION,
   LETSENCRYPT_STAGING,
   MemoryStorage,
-  resolveOptions,
 } from '../src/index.js'
+import { canonicalName, resolveOptions } from '../src/internal.js'
 
 const base = { names: ['example.com'], directory: 'letsencrypt-staging', termsOfServiceAgreed: true }
 

@@ -3,7 +3,7 @@
 // fastify-acme's CertResolver, shared by both sources (exact name, then the one-label `*.parent` entry, then the
 // default certificate).
 import { isIP } from 'node:net'
-import { canonicalName } from '@autotls/fastify-acme'
+import { canonicalName } from '@autotls/fastify-acme/internal'
 import { ERR_CERTIFICATE_CONFLICT, ERR_NO_CERTIFICATE, ERR_WILDCARD_NEEDS_CERTIFICATE } from './errors.js'
 import { wildcardOf } from './hosts.js'
 import type { ResolvedProxyOptions } from './options.js'

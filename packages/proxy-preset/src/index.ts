@@ -223,23 +223,31 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
   })
 }
 
-export { type CertificatePlan, planCertificates } from './certificates.js'
+// The public surface: what a preset user needs, including fastify-acme's storages, types and error classes, so one
+// package is enough to install. Helpers for tests and the benchmark live behind `@autotls/proxy-preset/internal`.
+export {
+  type AcmeEventName,
+  type AcmeEvents,
+  type CaFacts,
+  type CertificateInfo,
+  type CertResolver,
+  type FastifyAcme,
+  type FastifyAcmeOptions,
+  FileStorage,
+  type KeyCertPair,
+  type Lease,
+  type LockOptions,
+  MemoryStorage,
+  type NameState,
+  type NameStatus,
+  type OrderReason,
+  type Storage,
+} from '@autotls/fastify-acme'
+// fastify-acme's error classes (codes FACME_*), as one namespace: their names overlap this package's FPROXY_* ones.
+export * as acmeErrors from '@autotls/fastify-acme/errors'
+export type { CertificatePlan } from './certificates.js'
 export * from './errors.js'
-export {
-  applyForwardingHeaders,
-  compileTrust,
-  FORWARDING_HEADERS,
-  type TrustFunction,
-  upstreamRequestHeaders,
-} from './forwarded.js'
-export { endToEndCopy, HOP_BY_HOP, stripHopByHop } from './headers.js'
-export { HostTable, parseRouteHost, requestHost, wildcardOf } from './hosts.js'
-export {
-  type ManualCertificateEvents,
-  type ManualCertificateStatus,
-  ManualCertificates,
-  validatePair,
-} from './manual-certs.js'
+export type { ManualCertificateEvents, ManualCertificateStatus, ManualCertificates } from './manual-certs.js'
 export {
   DEFAULT_BODY_BYTES,
   DEFAULT_CONNECT_TIMEOUT_MS,
@@ -266,7 +274,4 @@ export {
   type ResolvedRoute,
   type RouteOptions,
   RouteSchema,
-  resolveProxyOptions,
 } from './options.js'
-export { httpsLocation } from './redirect.js'
-export { pathProblem, VHOST_PREFIX } from './routes.js'

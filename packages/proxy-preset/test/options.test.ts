@@ -2,16 +2,16 @@
 // guard and the trusted-proxies predicate.
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
+import { DEFAULT_HEALTH_PATH } from '../src/index.js'
 import {
   compileTrust,
-  DEFAULT_HEALTH_PATH,
   HostTable,
   parseRouteHost,
   pathProblem,
   planCertificates,
   requestHost,
   resolveProxyOptions,
-} from '../src/index.js'
+} from '../src/internal.js'
 
 const route = { host: 'app.example.com', upstream: 'http://127.0.0.1:3000' }
 

@@ -11,16 +11,8 @@ import {
   generateCertificateKey,
 } from '../acme.js'
 import { type CertificateRecord, checkPair, parseRecord, recordDigest, recordSeal } from '../certificate.js'
-import {
-  type CaFacts,
-  ERR_CLOSED,
-  ERR_INTERRUPTED,
-  ERR_NO_CHALLENGE,
-  ERR_ORDER_FAILED,
-  ERR_ORDER_TIMEOUT,
-  factsOf,
-  withFacts,
-} from '../errors.js'
+import { type CaFacts, factsOf, withFacts } from '../error-facts.js'
+import { ERR_CLOSED, ERR_INTERRUPTED, ERR_NO_CHALLENGE, ERR_ORDER_FAILED, ERR_ORDER_TIMEOUT } from '../errors.js'
 import type { OrderReason } from '../events.js'
 import type { Clock, ResolvedOptions } from '../options.js'
 import { keys, type Lease, type Storage } from '../storage/index.js'

@@ -3,7 +3,7 @@
 // four can never disagree. Scheduling is data (`next`, a number), set by maintenance.ts; status() only displays it.
 import type { FastifyBaseLogger } from 'fastify'
 import type { CertificateRecord } from '../certificate.js'
-import { factsOf } from '../errors.js'
+import { factsOf } from '../error-facts.js'
 import type { AcmeEventEmitter, OrderReason } from '../events.js'
 import type { ChallengeType, Clock } from '../options.js'
 import type { CertResolver } from '../resolver.js'

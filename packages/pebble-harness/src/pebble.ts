@@ -1,14 +1,14 @@
 // Owns the Pebble process: config, environment, readiness, log capture, and making sure no Pebble outlives the
 // test process that started it.
-import { type ChildProcess, spawn } from 'node:child_process'
-import { constants, rmSync } from 'node:fs'
-import { access, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { spawn } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { get } from 'node:https'
 import { tmpdir } from 'node:os'
-import { delimiter, join } from 'node:path'
+import { join } from 'node:path'
 import { makeTestCertificates } from './certs.js'
-import { type DnsStub, startDnsStub } from './dns-stub.js'
+import { type ChallTestSrv, startChallTestSrv } from './challtestsrv.js'
 import { freePorts } from './ports.js'
+import { findBinary, LogCapture, sleep, terminate, track, watchExit } from './processes.js'
 
 /** Options of {@link startPebble}. */
 export interface PebbleOptions {
@@ -33,6 +33,11 @@ export interface PebbleOptions {
   /** Path of the pebble binary, default 'pebble' on PATH or /usr/bin/pebble. */
   binary?: string
   /**
+   * A running {@link startChallTestSrv} to resolve names through, e.g. shared by several Pebbles or kept across a
+   * restart; the caller stops it. Default: one started for this Pebble and stopped with it.
+   */
+  dns?: ChallTestSrv
+  /**
    * The certificate of Pebble's own HTTPS listener, e.g. `old.listenerCertificates` to restart "the same CA" that
    * clients already trust (same directory URL, same caBundle). Default: a new throw-away CA and leaf.
    */
@@ -51,8 +56,10 @@ export interface Pebble {
   tlsPort: number
   /** Port on 127.0.0.1 Pebble dials for HTTP-01: the app's HTTP port. */
   httpPort: number
-  /** UDP port of the DNS stub Pebble resolves every name through (A -> 127.0.0.1, no AAAA). */
+  /** Port of the DNS server (pebble-challtestsrv) Pebble resolves every name through (A -> 127.0.0.1, no AAAA). */
   dnsPort: number
+  /** That DNS server: add A, TXT (DNS-01) and CNAME records through its management API. */
+  dns: ChallTestSrv
   /** PEM of the throw-away CA that signed Pebble's own HTTPS listener certificate (not the issuing root). */
   caBundle: string
   /** The listener's CA, certificate and key: pass to {@link PebbleOptions.listenerCertificates} on a restart. */
@@ -63,7 +70,7 @@ export interface Pebble {
   issuingIntermediate(): Promise<string>
   /** PID of the pebble process. */
   pid: number
-  /** SIGTERM Pebble (SIGKILL after 2 s), close the DNS stub, remove the temp dir. Idempotent. */
+  /** SIGTERM Pebble (SIGKILL after 2 s), stop its own DNS server, remove the temp dir. Idempotent. */
   stop(): Promise<void>
   /** Pebble's stdout and stderr so far (the oldest part is dropped past ~2 MB). */
   logs(): string
@@ -71,7 +78,6 @@ export interface Pebble {
 
 const READY_TIMEOUT_MS = 15_000
 const STOP_GRACE_MS = 2_000
-const LOG_LIMIT = 2 * 1024 * 1024
 // Pebble 2.4.0 prints this once per order it stores (wfe.NewOrder), after every check passed.
 const ORDER_LINE = /Added order "[^"]*" to the db/
 
@@ -81,53 +87,6 @@ interface Tracked {
 
 // Side table instead of extra Pebble fields: the count survives log truncation without widening the public API.
 const tracked = new WeakMap<Pebble, Tracked>()
-// Everything still running, so the exit/signal hooks can clean up after a test that crashed or was cancelled.
-const live = new Map<ChildProcess, string>()
-
-function killAllNow(): void {
-  for (const [child, dir] of live) {
-    child.kill('SIGKILL')
-    rmSync(dir, { recursive: true, force: true })
-  }
-  live.clear()
-}
-
-const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
-function onSignal(signal: NodeJS.Signals): void {
-  killAllNow()
-  unhook()
-  // Without other listeners Node would have died of this signal; re-raise so it still does, with the usual status.
-  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal)
-}
-
-let hooked = false
-function hook(): void {
-  if (hooked) return
-  hooked = true
-  process.on('exit', killAllNow)
-  // Node skips 'exit' handlers when a signal kills it, and the test runner cancels files with SIGTERM.
-  for (const signal of SIGNALS) process.on(signal, onSignal)
-}
-// Listening for signals changes Node's default behaviour, so only while a Pebble runs.
-function unhook(): void {
-  if (!hooked || live.size > 0) return
-  hooked = false
-  process.off('exit', killAllNow)
-  for (const signal of SIGNALS) process.off(signal, onSignal)
-}
-
-async function findBinary(): Promise<string> {
-  for (const dir of (process.env['PATH'] ?? '').split(delimiter)) {
-    if (!dir) continue
-    const candidate = join(dir, 'pebble')
-    try {
-      await access(candidate, constants.X_OK)
-      return candidate
-    } catch {}
-  }
-  return '/usr/bin/pebble'
-}
-
 function checkPort(name: string, value: number | undefined): void {
   if (value !== undefined && !(Number.isInteger(value) && value > 0 && value < 65536))
     throw new TypeError(`${name} must be a TCP port, got ${value}`)
@@ -176,70 +135,9 @@ function httpsGet(url: string, ca: string, timeoutMs: number): Promise<HttpsResu
   })
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
-}
-
-/** Whether `promise` settles within `ms`; the timer is cleared so it never holds the process open. */
-async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms)
-  })
-  try {
-    return await Promise.race([promise.then(() => true as const), timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
-
-/** Keeps the most recent output within LOG_LIMIT and counts order lines as they stream past. */
-class LogCapture {
-  private text = ''
-  private dropped = 0
-  private readonly partial = new Map<NodeJS.ReadableStream, string>()
-
-  constructor(private readonly onLine: (line: string) => void) {}
-
-  attach(stream: NodeJS.ReadableStream | null): void {
-    if (!stream) return
-    stream.setEncoding('utf8')
-    this.partial.set(stream, '')
-    stream.on('data', (chunk: string) => {
-      this.append(chunk)
-      // Lines are split per stream: stdout and stderr chunks interleave arbitrarily.
-      const lines = ((this.partial.get(stream) ?? '') + chunk).split('\n')
-      this.partial.set(stream, lines.pop() ?? '')
-      for (const line of lines) this.onLine(line)
-    })
-    stream.on('end', () => {
-      const rest = this.partial.get(stream)
-      if (rest) this.onLine(rest)
-      this.partial.set(stream, '')
-    })
-  }
-
-  append(chunk: string): void {
-    this.text += chunk
-    if (this.text.length <= LOG_LIMIT) return
-    // Trim to 3/4 of the limit at a line boundary so trimming happens rarely and lines stay whole.
-    let cut = this.text.length - Math.floor((LOG_LIMIT * 3) / 4)
-    const newline = this.text.indexOf('\n', cut)
-    if (newline !== -1) cut = newline + 1
-    this.dropped += cut
-    this.text = this.text.slice(cut)
-  }
-
-  toString(): string {
-    return this.dropped > 0
-      ? `[... ${this.dropped} characters of older Pebble output dropped ...]\n${this.text}`
-      : this.text
-  }
-}
-
 /**
- * Start Debian's Pebble on 127.0.0.1 with a fresh config, a throw-away HTTPS certificate and a DNS stub that resolves
- * every name to 127.0.0.1, and wait until its directory answers (15 s at most).
+ * Start Debian's Pebble on 127.0.0.1 with a fresh config, a throw-away HTTPS certificate and pebble-challtestsrv
+ * resolving every name to 127.0.0.1, and wait until its directory answers (15 s at most).
  *
  * Defaults are chosen for deterministic tests: no validation sleep, no nonce rejection, no authorization reuse.
  * On failure the process is killed and the thrown Error carries Pebble's output.
@@ -252,7 +150,7 @@ export async function startPebble(options: PebbleOptions = {}): Promise<Pebble> 
   if (validity !== undefined && !(Number.isInteger(validity) && validity > 0))
     throw new TypeError(`certificateValidityPeriod must be a positive number of seconds, got ${validity}`)
   const env = buildEnv(options)
-  const binary = options.binary ?? (await findBinary())
+  const binary = options.binary ?? (await findBinary('pebble'))
 
   const given = [options.listenPort, options.tlsPort, options.httpPort].filter((p): p is number => p !== undefined)
   const spare = await freePorts(4, given)
@@ -262,7 +160,7 @@ export async function startPebble(options: PebbleOptions = {}): Promise<Pebble> 
   const httpPort = options.httpPort ?? spare.pop()!
 
   const dir = await mkdtemp(join(tmpdir(), 'autotls-pebble-'))
-  let dns: DnsStub | undefined
+  let dns: ChallTestSrv | undefined
   try {
     const certs =
       options.listenerCertificates ?? (await makeTestCertificates({ names: ['localhost', '127.0.0.1', '::1'], dir }))
@@ -270,7 +168,7 @@ export async function startPebble(options: PebbleOptions = {}): Promise<Pebble> 
       await writeFile(join(dir, 'cert.pem'), certs.cert)
       await writeFile(join(dir, 'key.pem'), certs.key, { mode: 0o600 })
     }
-    dns = await startDnsStub(0)
+    dns = options.dns ?? (await startChallTestSrv())
     const config = {
       pebble: {
         listenAddress: `127.0.0.1:${listenPort}`,
@@ -290,9 +188,21 @@ export async function startPebble(options: PebbleOptions = {}): Promise<Pebble> 
     }
     const configPath = join(dir, 'pebble-config.json')
     await writeFile(configPath, `${JSON.stringify(config, null, 2)}\n`)
-    return await launch({ binary, env, dir, configPath, certs, dns, listenPort, mgmtPort, tlsPort, httpPort })
+    return await launch({
+      binary,
+      env,
+      dir,
+      configPath,
+      certs,
+      dns,
+      ownDns: !options.dns,
+      listenPort,
+      mgmtPort,
+      tlsPort,
+      httpPort,
+    })
   } catch (error) {
-    await dns?.close()
+    if (!options.dns) await dns?.stop()
     await rm(dir, { recursive: true, force: true })
     throw error
   }
@@ -304,7 +214,8 @@ interface LaunchPlan {
   dir: string
   configPath: string
   certs: { caCert: string; cert: string; key: string }
-  dns: DnsStub
+  dns: ChallTestSrv
+  ownDns: boolean
   listenPort: number
   mgmtPort: number
   tlsPort: number
@@ -322,7 +233,7 @@ async function launch(plan: LaunchPlan): Promise<Pebble> {
   // request it gets (Pebble logs every request), e.g. from the next run reusing its port.
   const child = spawn(
     plan.binary,
-    ['-config', plan.configPath, '-dnsserver', `127.0.0.1:${dns.port}`, '-strict=false'],
+    ['-config', plan.configPath, '-dnsserver', `127.0.0.1:${dns.dnsPort}`, '-strict=false'],
     {
       cwd: dir,
       env: plan.env,
@@ -331,45 +242,15 @@ async function launch(plan: LaunchPlan): Promise<Pebble> {
   )
   capture.attach(child.stdout)
   capture.attach(child.stderr)
-  let exitStatus: string | undefined
-  const exited = new Promise<void>((resolve) => {
-    // The child stays in `live` after exiting on its own: the exit hook still has its temp dir to remove.
-    child.once('exit', (code, signal) => {
-      exitStatus = signal ? `signal ${signal}` : `code ${code}`
-      resolve()
-    })
-    child.once('error', (error) => {
-      // Spawn failures (e.g. ENOENT) emit 'error' and never 'exit'.
-      exitStatus ??= `spawn error: ${error.message}`
-      resolve()
-    })
-  })
-  // 'close' comes after the pipes drain: waiting for it makes the logs in error messages complete.
-  const closed = new Promise<void>((resolve) => {
-    child.once('close', () => resolve())
-    child.once('error', () => resolve())
-  })
-
-  if (child.pid !== undefined) {
-    live.set(child, dir)
-    hook()
-  }
+  const watch = watchExit(child)
+  // The child stays tracked after exiting on its own: the exit hook still has its temp dir to remove.
+  track(child, dir)
 
   let stopping: Promise<void> | undefined
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
-      if (exitStatus === undefined) {
-        child.kill('SIGTERM')
-        if (!(await within(exited, STOP_GRACE_MS))) {
-          child.kill('SIGKILL')
-          await exited
-        }
-      }
-      // Pipes can be held open by a grandchild; Pebble has none, but stop() must not hang on it.
-      await within(closed, 500)
-      live.delete(child)
-      unhook()
-      await dns.close()
+      await terminate(child, watch, STOP_GRACE_MS)
+      if (plan.ownDns) await dns.stop()
       await rm(dir, { recursive: true, force: true })
     })()
     return stopping
@@ -398,7 +279,8 @@ async function launch(plan: LaunchPlan): Promise<Pebble> {
     managementUrl,
     tlsPort,
     httpPort,
-    dnsPort: dns.port,
+    dnsPort: dns.dnsPort,
+    dns,
     caBundle,
     listenerCertificates: { caCert: plan.certs.caCert, cert: plan.certs.cert, key: plan.certs.key },
     issuingRoot: cachedPem('/roots/0'),
@@ -411,7 +293,7 @@ async function launch(plan: LaunchPlan): Promise<Pebble> {
 
   const deadline = Date.now() + READY_TIMEOUT_MS
   let lastError = 'no attempt made'
-  while (Date.now() < deadline && exitStatus === undefined) {
+  while (Date.now() < deadline && watch.status() === undefined) {
     try {
       const { status, body } = await httpsGet(pebble.directoryUrl, caBundle, 1_000)
       if (status === 200) return pebble
@@ -421,7 +303,8 @@ async function launch(plan: LaunchPlan): Promise<Pebble> {
     }
     await sleep(100)
   }
-  const reason = exitStatus !== undefined ? `exited early (${exitStatus})` : `not ready after ${READY_TIMEOUT_MS} ms`
+  const reason =
+    watch.status() !== undefined ? `exited early (${watch.status()})` : `not ready after ${READY_TIMEOUT_MS} ms`
   // No grace period for a Pebble that never became ready; stop() then cleans up like for any other.
   child.kill('SIGKILL')
   await stop()

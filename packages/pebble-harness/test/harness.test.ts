@@ -3,7 +3,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { createHash, createPrivateKey, generateKeyPairSync, type KeyObject, sign, X509Certificate } from 'node:crypto'
-import { createSocket } from 'node:dgram'
 import { Resolver } from 'node:dns/promises'
 import { existsSync, readlinkSync } from 'node:fs'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
@@ -13,7 +12,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { createSecureContext, createServer as createTlsServer } from 'node:tls'
-import { countOrders, freePort, makeTestCertificates, type Pebble, startDnsStub, startPebble } from './harness/index.js'
+import {
+  countOrders,
+  freePort,
+  makeTestCertificates,
+  type Pebble,
+  startChallTestSrv,
+  startPebble,
+} from '../src/index.js'
 
 interface Reply {
   status: number
@@ -63,7 +69,7 @@ function alive(pid: number): boolean {
 const b64u = (data: Buffer | string) => Buffer.from(data).toString('base64url')
 
 /**
- * Just enough RFC 8555 to get one certificate over HTTP-01: proves the harness is usable for real issuance (DNS stub,
+ * Just enough RFC 8555 to get one certificate over HTTP-01: proves the harness is usable for real issuance (challtestsrv DNS,
  * ports, trust) without depending on the ACME client the packages under test use.
  */
 class MiniAcme {
@@ -185,31 +191,43 @@ test('makeTestCertificates keeps files in dir when asked, and rejects bad input'
   await assert.rejects(makeTestCertificates({ names: ['x.test'], days: 0 }), TypeError)
 })
 
-test('DNS stub: A -> 127.0.0.1, no AAAA, malformed packets ignored', async (t) => {
-  const stub = await startDnsStub()
-  t.after(() => stub.close())
-  const garbage = createSocket('udp4')
-  await new Promise<void>((resolve) => garbage.send(Buffer.from([1, 2, 3]), stub.port, '127.0.0.1', () => resolve()))
-  garbage.close()
+test('challtestsrv: A -> 127.0.0.1, no AAAA, A/TXT/CNAME records over the management API, stop by PID', async (t) => {
+  const dns = await startChallTestSrv()
+  t.after(() => dns.stop())
   const resolver = new Resolver({ timeout: 2_000, tries: 1 })
-  resolver.setServers([`127.0.0.1:${stub.port}`])
+  resolver.setServers([`127.0.0.1:${dns.dnsPort}`])
   assert.deepEqual(await resolver.resolve4('anything.example.test'), ['127.0.0.1'])
-  const ttl = await resolver.resolve4('other.test', { ttl: true })
-  assert.deepEqual(ttl, [{ address: '127.0.0.1', ttl: 0 }])
-  await resolver.resolve6('anything.example.test').then(
-    (addresses) => assert.deepEqual(addresses, []),
-    (error: NodeJS.ErrnoException) => assert.equal(error.code, 'ENODATA'),
-  )
-  await resolver.resolveTxt('anything.example.test').then(
-    (records) => assert.deepEqual(records, []),
-    (error: NodeJS.ErrnoException) => assert.equal(error.code, 'ENODATA'),
-  )
-  assert.equal(stub.queries, 4)
-  await stub.close()
-  await stub.close()
+  const noData = (error: NodeJS.ErrnoException) => assert.equal(error.code, 'ENODATA')
+  await resolver.resolve6('anything.example.test').then((addresses) => assert.deepEqual(addresses, []), noData)
+  await resolver.resolveTxt('_acme-challenge.app.example.test').then((r) => assert.deepEqual(r, []), noData)
+
+  await dns.addA('app.example.test', ['127.0.0.2', '127.0.0.3'])
+  assert.deepEqual((await resolver.resolve4('app.example.test')).sort(), ['127.0.0.2', '127.0.0.3'])
+  await dns.clearA('app.example.test.')
+  assert.deepEqual(await resolver.resolve4('app.example.test'), ['127.0.0.1'])
+
+  await dns.addTxt('_acme-challenge.app.example.test', 'digest-1')
+  await dns.addTxt('_acme-challenge.app.example.test.', 'digest-2')
+  const txt = (await resolver.resolveTxt('_acme-challenge.app.example.test')).map((chunks) => chunks.join(''))
+  assert.deepEqual(txt.sort(), ['digest-1', 'digest-2'])
+  await dns.clearTxt('_acme-challenge.app.example.test')
+  await resolver.resolveTxt('_acme-challenge.app.example.test').then((r) => assert.deepEqual(r, []), noData)
+
+  await dns.addCname('www.example.test', 'app.example.test')
+  assert.deepEqual(await resolver.resolveCname('www.example.test'), ['app.example.test'])
+  await dns.clearCname('www.example.test')
+  await resolver.resolveCname('www.example.test').then((r) => assert.deepEqual(r, []), noData)
+
+  await assert.rejects(dns.addA('bad name', ['127.0.0.1']), TypeError)
+  assert.match(dns.logs(), /Starting management server/)
+  assert.ok(alive(dns.pid))
+  await Promise.all([dns.stop(), dns.stop()])
+  assert.throws(() => process.kill(dns.pid, 0), { code: 'ESRCH' })
 })
 
-test('Pebble: directory, issuing root, DNS stub, stop leaves nothing', { timeout: 30_000 }, async (t) => {
+test('Pebble: directory, issuing root, DNS, stop leaves nothing (Pebble and its challtestsrv)', {
+  timeout: 30_000,
+}, async (t) => {
   const pebble = await startPebble()
   t.after(() => pebble.stop())
   assert.equal(pebble.directoryUrl, `https://127.0.0.1:${pebble.listenPort}/dir`)
@@ -238,6 +256,7 @@ test('Pebble: directory, issuing root, DNS stub, stop leaves nothing', { timeout
   assert.ok(alive(pebble.pid))
   await Promise.all([pebble.stop(), pebble.stop()])
   assert.throws(() => process.kill(pebble.pid, 0), { code: 'ESRCH' })
+  assert.throws(() => process.kill(pebble.dns.pid, 0), { code: 'ESRCH' }, 'its challtestsrv stopped too')
   assert.ok(!existsSync(workDir), 'temp dir removed')
   await pebble.stop()
 })
@@ -310,7 +329,7 @@ async function alpnCertificate(name: string, keyAuthorization: string): Promise<
   }
 }
 
-test('Pebble: real issuance through the DNS stub; countOrders counts orders', { timeout: 30_000 }, async (t) => {
+test('Pebble: real issuance through challtestsrv DNS; countOrders counts orders', { timeout: 30_000 }, async (t) => {
   const pebble = await startPebble({ certificateValidityPeriod: 3600 })
   t.after(() => pebble.stop())
   const acme = await MiniAcme.create(pebble)

@@ -2,6 +2,6 @@
 
 export { type CaProxy, type CaProxyOptions, type CaProxyRule, startCaProxy } from './ca-proxy.js'
 export { makeTestCertificates, type TestCertificateOptions, type TestCertificates } from './certs.js'
-export { type DnsStub, startDnsStub } from './dns-stub.js'
+export { type ChallTestSrv, type ChallTestSrvOptions, startChallTestSrv } from './challtestsrv.js'
 export { countOrders, type Pebble, type PebbleOptions, startPebble } from './pebble.js'
 export { freePort } from './ports.js'
