@@ -22,9 +22,11 @@ import {
   ERR_CA_PROBLEM,
   ERR_CA_UNREACHABLE,
   ERR_CA_UNTRUSTED,
+  ERR_INVALID_PROFILE,
   ERR_NO_CHALLENGE,
   ERR_NOT_A_DIRECTORY,
   ERR_RATE_LIMITED,
+  ERR_RENEWAL_INFO,
   ERR_VALIDATION_FAILED,
 } from './errors.js'
 import type { ChallengeType, KeyType } from './options.js'
@@ -153,6 +155,7 @@ const UNTRUSTED = new Set([
 ])
 
 export const RATE_LIMITED = 'urn:ietf:params:acme:error:rateLimited'
+export const INVALID_PROFILE = 'urn:ietf:params:acme:error:invalidProfile'
 
 /** The coded error for a failed CA exchange `what`, from what the hooks captured. */
 function classify(what: string, message: string, info: CallInfo, validation: boolean, cause: unknown): Error {
@@ -173,6 +176,8 @@ function classify(what: string, message: string, info: CallInfo, validation: boo
     err = new ERR_VALIDATION_FAILED(what.replace(/^[a-z0-9-]+ (validation|challenge) for /, ''), detail, { cause })
   } else if (info.status === 429 || info.problemType === RATE_LIMITED) {
     err = new ERR_RATE_LIMITED(what, message, { cause })
+  } else if (info.problemType === INVALID_PROFILE) {
+    err = new ERR_INVALID_PROFILE(what, message, { cause })
   } else {
     err = new ERR_CA_PROBLEM(what, message, { cause })
   }
@@ -256,6 +261,58 @@ export async function fetchDirectory(url: string, signal: AbortSignal): Promise<
     renewalInfo: typeof body['renewalInfo'] === 'string' ? body['renewalInfo'] : undefined,
     profiles,
     termsOfService: typeof meta['termsOfService'] === 'string' ? meta['termsOfService'] : undefined,
+  }
+}
+
+/** A CA's renewal information for one certificate (RFC 9773). */
+export interface RenewalInfo {
+  /** The suggested window, ms since the epoch; start < end. */
+  start: number
+  end: number
+  explanationURL: string | undefined
+  /** The CA's Retry-After, in ms from now, when it sent one. */
+  retryAfterMs: number | undefined
+}
+
+/**
+ * GETs `<renewalInfo>/<certId>` (unauthenticated). A 4xx, a malformed object or a window whose end is not after its
+ * start throws FACME_RENEWAL_INFO (a long-term error: ask again in hours); 5xx and network failures throw the usual
+ * coded errors (temporary: back off).
+ */
+export async function fetchRenewalInfo(
+  renewalInfoUrl: string,
+  certId: string,
+  signal: AbortSignal,
+): Promise<RenewalInfo> {
+  const url = `${renewalInfoUrl.replace(/\/+$/, '')}/${certId}`
+  const response = await call(signal, 'renewal info', () =>
+    acme.axios.get(url, { validateStatus: () => true, responseType: 'text', transformResponse: (x: unknown) => x }),
+  )
+  const retryAfterMs = parseRetryAfter(response.headers['retry-after'])
+  if (response.status >= 500) {
+    throw withFacts(new ERR_CA_PROBLEM('renewal info', `HTTP ${response.status}`), {
+      status: response.status,
+      retryAfterMs,
+    })
+  }
+  const unusable = (why: string) =>
+    withFacts(new ERR_RENEWAL_INFO(certId, why), { status: response.status, retryAfterMs })
+  if (response.status !== 200) throw unusable(`the CA answered HTTP ${response.status}`)
+  let body: { suggestedWindow?: { start?: unknown; end?: unknown }; explanationURL?: unknown }
+  try {
+    body = JSON.parse(String(response.data))
+  } catch {
+    throw unusable('the answer is not JSON')
+  }
+  const start = Date.parse(String(body?.suggestedWindow?.start))
+  const end = Date.parse(String(body?.suggestedWindow?.end))
+  if (Number.isNaN(start) || Number.isNaN(end)) throw unusable('no suggestedWindow with start and end')
+  if (end <= start) throw unusable('the suggested window ends before it starts')
+  return {
+    start,
+    end,
+    explanationURL: typeof body.explanationURL === 'string' ? body.explanationURL : undefined,
+    retryAfterMs,
   }
 }
 

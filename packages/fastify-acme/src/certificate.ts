@@ -15,6 +15,10 @@ export interface CertificateRecord {
   issuer: string
   issuedAt: string
   orderUrl?: string
+  /** The ARI CertID (RFC 9773) of the certificate, when it has an AKI. */
+  certId?: string
+  /** The ACME profile the certificate was ordered with, if any. */
+  profile?: string
   /** recordDigest(keyPem, chainPem) when written: finds a file damaged on disk that still parses. */
   digest?: string
   /**

@@ -105,3 +105,18 @@ export const ERR_BAD_CERTIFICATE = createError<[string, string, Cause?]>(
   'fastify-acme: certificate for %s is unusable: %s',
   500,
 )
+export const ERR_UNKNOWN_PROFILE = createError<[string, string, Cause?]>(
+  'FACME_UNKNOWN_PROFILE',
+  'fastify-acme: the CA does not offer the certificate profile %s (it offers: %s); set `profile` to one of those or leave it out',
+  400,
+)
+export const ERR_INVALID_PROFILE = createError<[string, string, Cause?]>(
+  'FACME_INVALID_PROFILE',
+  'fastify-acme: the CA refused the certificate profile for %s: %s',
+  400,
+)
+export const ERR_RENEWAL_INFO = createError<[string, string, Cause?]>(
+  'FACME_RENEWAL_INFO',
+  'fastify-acme: renewal information (ARI) for %s is unusable: %s; the ratio rule decides meanwhile',
+  502,
+)

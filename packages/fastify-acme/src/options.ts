@@ -87,6 +87,14 @@ export const AcmeOptionsSchema = Type.Object(
         { additionalProperties: false, description: 'At most `orders` new orders per account per `windowMs`' },
       ),
     ),
+    profile: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 64,
+        description:
+          "ACME certificate profile to order (e.g. Let's Encrypt's 'tlsserver' or 'shortlived'); checked against the profiles the CA advertises, never sent to a CA that does not",
+      }),
+    ),
     issueOnStart: Type.Optional(
       Type.Boolean({ description: 'Order missing certificates when the server starts listening (default true)' }),
     ),
@@ -132,6 +140,7 @@ export interface ResolvedOptions {
   retryMaxMs: number
   rateLimit: { orders: number; windowMs: number }
   issueOnStart: boolean
+  profile: string | undefined
 }
 
 function resolveDirectory(directory: string | undefined): string {
@@ -190,5 +199,6 @@ export function resolveOptions(input: unknown): ResolvedOptions {
     retryMaxMs,
     rateLimit: opts.rateLimit ?? { orders: DEFAULT_RATE_LIMIT_ORDERS, windowMs: DEFAULT_RATE_LIMIT_WINDOW_MS },
     issueOnStart: opts.issueOnStart ?? true,
+    profile: opts.profile,
   }
 }

@@ -58,7 +58,7 @@ export function certIdOf(certificate: string | Uint8Array): string | undefined {
   let i = 0
   if (fields[0]?.tag === 0xa0) i = 1
   const serial = fields[i]
-  if (!serial || serial.tag !== 0x02) throw new Error('no serial number')
+  if (serial?.tag !== 0x02) throw new Error('no serial number')
   const extensions = fields.find((f) => f.tag === 0xa3)
   if (!extensions) return undefined
   const list = children(der, extensions)[0]
@@ -66,7 +66,7 @@ export function certIdOf(certificate: string | Uint8Array): string | undefined {
   for (const ext of children(der, list)) {
     const parts = children(der, ext)
     const oid = parts[0]
-    if (!oid || oid.tag !== 0x06 || !Buffer.from(der.subarray(oid.start, oid.end)).equals(AKI_OID)) continue
+    if (oid?.tag !== 0x06 || !Buffer.from(der.subarray(oid.start, oid.end)).equals(AKI_OID)) continue
     // extnValue is the last part (critical is optional): an OCTET STRING holding AuthorityKeyIdentifier.
     const value = parts[parts.length - 1]!
     const aki = readTlv(der, value.start, value.end)

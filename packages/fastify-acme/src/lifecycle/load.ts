@@ -5,6 +5,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import { type CertificateInfo, type CertificateRecord, checkPair, parseRecord } from '../certificate.js'
 import { keys, type Storage } from '../storage/index.js'
+import type { AriState, AriStates } from './ari.js'
+import { certIdOfRecord } from './ari-poller.js'
 import type { RetryState, RetryStates } from './retry-state.js'
 
 /** Names whose cached certificate and retry state are read at the same time. */
@@ -30,6 +32,8 @@ export interface CachedName {
   retry: RetryState | undefined
   /** An order journal exists: an order was in flight when the process stopped. */
   orderInFlight: boolean
+  /** Stored renewal information for the record's certificate. */
+  ari: AriState | undefined
 }
 
 export interface LoadDeps {
@@ -37,6 +41,7 @@ export interface LoadDeps {
   dir: string
   log: FastifyBaseLogger
   retries: RetryStates
+  ari: AriStates
 }
 
 /** Which of a folder's files exist, by one listing, when the storage's listing is complete; else undefined. */
@@ -52,10 +57,11 @@ async function listed(storage: Storage, prefix: string): Promise<Set<string> | u
 
 /** Reads the cache of `names`, a batch at a time (reading every file at once runs out of file descriptors). */
 export async function* readCache(deps: LoadDeps, names: readonly string[]): AsyncGenerator<CachedName[]> {
-  const { storage, dir, log, retries } = deps
+  const { storage, dir, log, retries, ari } = deps
   // Few names have a retry state or an order in flight: one listing each instead of one failed read per name.
   const withState = await listed(storage, keys.states(dir))
   const withOrder = await listed(storage, keys.orders(dir))
+  const withAri = await listed(storage, keys.renewalInfos(dir))
   for (let i = 0; i < names.length; i += LOAD_CONCURRENCY) {
     const chunk = names.slice(i, i + LOAD_CONCURRENCY)
     const paths = chunk.map((name) => keys.certificate(dir, name))
@@ -79,7 +85,10 @@ export async function* readCache(deps: LoadDeps, names: readonly string[]): Asyn
           withOrder === undefined
             ? (await storage.get(keys.order(dir, name)).catch(() => undefined)) !== undefined
             : withOrder.has(file)
-        return { name, record, verified, retry, orderInFlight }
+        // Only a state for the certificate served counts (the CertID is read from the certificate only then).
+        const stored = record && (withAri === undefined || withAri.has(file)) ? await ari.read(name) : undefined
+        const current = stored && stored.certId === certIdOfRecord(record!) ? stored : undefined
+        return { name, record, verified, retry, orderInFlight, ari: current }
       }),
     )
   }

@@ -59,7 +59,12 @@ export class Maintenance {
     const record = entry.record
     if (!record) throw new Error('renewAt() needs a certificate')
     return this.#d.policy.renewAt(
-      { name: entry.name, notBefore: Date.parse(record.notBefore), notAfter: Date.parse(record.notAfter) },
+      {
+        name: entry.name,
+        notBefore: Date.parse(record.notBefore),
+        notAfter: Date.parse(record.notAfter),
+        ari: entry.ari,
+      },
       random,
     )
   }

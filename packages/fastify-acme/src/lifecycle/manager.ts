@@ -13,14 +13,16 @@ import type { Clock, ResolvedOptions } from '../options.js'
 import type { CertResolver } from '../resolver.js'
 import type { Storage } from '../storage/index.js'
 import { AccountKeeper } from './account.js'
+import { AriStates } from './ari.js'
+import { AriPoller } from './ari-poller.js'
 import type { ChallengeResponder } from './challenges.js'
 import { type Issuer, issuersFrom } from './issuers.js'
 import { checkCached, readCache } from './load.js'
 import { Maintenance } from './maintenance.js'
 import { OrderRunner, type Outcome } from './order.js'
 import { OrderJournals } from './order-journal.js'
-import { OrderLimiter } from './rate-limit.js'
-import { type RenewalPolicy, ratioPolicy } from './renewal-policy.js'
+import { OrderBudget } from './rate-limit.js'
+import { type RenewalPolicy, renewalPolicy } from './renewal-policy.js'
 import { RetryStates } from './retry-state.js'
 import { Slots } from './slots.js'
 import { type NameEntry, NameStates, type NameStatus, newEntry, statusOf } from './state.js'
@@ -55,6 +57,9 @@ export class CertificateManager {
   readonly #retries: RetryStates
   readonly #runner: OrderRunner
   readonly #accounts: AccountKeeper
+  readonly #ari: AriPoller
+  readonly #ariStates: AriStates
+  readonly #random: () => number
   #started = false
   #verifying: Promise<void> | undefined
 
@@ -65,13 +70,14 @@ export class CertificateManager {
     this.#clock = deps.clock
     this.#storage = deps.storage
     const random = deps.random ?? Math.random
+    this.#random = random
     // The first issuer is the only one today; the list is the seam for a second CA.
     this.#issuer = issuersFrom(o)[0]!
     trustRoots(o.caRoots)
     this.#states = new NameStates({ resolver: deps.resolver, events: deps.events, log: deps.log, clock: deps.clock })
     this.#maintenance = new Maintenance({
       clock: deps.clock,
-      policy: deps.policy ?? ratioPolicy(o.renewBeforeRatio),
+      policy: deps.policy ?? renewalPolicy(o.renewBeforeRatio),
       random,
       issueMissing: o.issueOnStart,
       due: (name) => void this.#run(name, undefined),
@@ -82,6 +88,16 @@ export class CertificateManager {
       issuer: this.#issuer,
       log: deps.log,
       lockTimeoutMs: o.orderTimeoutMs,
+    })
+    this.#ariStates = new AriStates(deps.storage, this.#issuer.dir)
+    this.#ari = new AriPoller({
+      clock: deps.clock,
+      log: deps.log,
+      random,
+      states: this.#ariStates,
+      directory: (signal) => this.#accounts.directory(signal),
+      closing: this.#abort.signal,
+      due: (name) => void this.#pollAri(name),
     })
     this.#runner = new OrderRunner({
       options: o,
@@ -95,7 +111,7 @@ export class CertificateManager {
       accounts: this.#accounts,
       retries: this.#retries,
       journals: new OrderJournals(deps.storage, this.#issuer.dir),
-      limiter: new OrderLimiter(o.rateLimit.orders, o.rateLimit.windowMs),
+      budget: new OrderBudget(deps.storage, this.#issuer.dir, o.rateLimit.orders, o.rateLimit.windowMs),
       slots: new Slots(o.concurrency),
       responders: deps.responders,
       closing: this.#abort.signal,
@@ -127,7 +143,13 @@ export class CertificateManager {
     let expired = 0
     let unchecked = 0
     let resumable = 0
-    const deps = { storage: this.#storage, dir: this.#issuer.dir, log: this.#log, retries: this.#retries }
+    const deps = {
+      storage: this.#storage,
+      dir: this.#issuer.dir,
+      log: this.#log,
+      retries: this.#retries,
+      ari: this.#ariStates,
+    }
     for await (const batch of readCache(deps, [...this.#entries.keys()])) {
       for (const found of batch) {
         const entry = this.#entries.get(found.name)!
@@ -151,6 +173,7 @@ export class CertificateManager {
             error: { message: lastError, code: lastErrorCode ?? 'FACME_ORDER_FAILED', at: lastErrorAt },
           })
         }
+        if (found.ari) entry.ari = found.ari
         if (found.orderInFlight) resumable++
         this.#maintenance.plan(entry, { retry: found.retry, orderInFlight: found.orderInFlight })
       }
@@ -174,6 +197,13 @@ export class CertificateManager {
     }
     this.#states.listening()
     this.#maintenance.start(this.#entries.values())
+    // Renewal information: each served certificate's stored poll time, or soon (spread over up to a minute when many
+    // names have none yet, so a large store does not ask the CA all at once).
+    const now = this.#clock.now()
+    const spread = Math.min(60_000, 10 * this.#entries.size)
+    for (const entry of this.#entries.values()) {
+      if (entry.record) this.#ari.schedule(entry.name, entry.ari?.nextPollAt ?? now + this.#random() * spread)
+    }
     this.#verifying = this.#verifyCached().catch((err: Error) => {
       this.#log.error({ err }, 'fastify-acme: checking the cached certificates stopped')
     })
@@ -259,7 +289,26 @@ export class CertificateManager {
     return new Promise((resolve, reject) => entry.waiters.push({ resolve, reject }))
   }
 
+  /** Asks the CA when to renew the certificate `name` serves; its renewal time follows the answer. */
+  async #pollAri(name: string): Promise<void> {
+    const entry = this.#entries.get(name)
+    const record = entry?.record
+    if (!entry || !record || this.#abort.signal.aborted) return
+    const { state, nextPollAt } = await this.#ari.poll(name, record, entry.ari)
+    // Replaced meanwhile: the new certificate has polls of its own.
+    if (entry.record !== record || this.#abort.signal.aborted) return
+    entry.ari = state
+    if (!entry.running && (entry.next === undefined || entry.next.kind === 'renew')) this.#maintenance.plan(entry)
+    if (nextPollAt !== undefined) this.#ari.schedule(name, nextPollAt)
+  }
+
+  /** Polls of renewal information sent by this process. */
+  get renewalInfoPolls(): number {
+    return this.#ari.polls
+  }
+
   async close(): Promise<void> {
+    this.#ari.stop()
     this.#maintenance.stop()
     this.#abort.abort(new ERR_CLOSED())
     await this.#verifying
@@ -315,6 +364,8 @@ export class CertificateManager {
       case 'adopted':
         this.#maintenance.plan(entry)
         for (const w of entry.waiters.splice(0)) w.resolve(statusOf(entry))
+        // The new certificate's renewal window, from the CA that issued it.
+        this.#ari.schedule(entry.name, this.#clock.now())
         return
       case 'wait':
         this.#maintenance.set(entry, outcome.next, outcome.at)

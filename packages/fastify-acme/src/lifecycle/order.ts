@@ -9,20 +9,29 @@ import {
   type AcmeOrder,
   AcmeSession,
   generateCertificateKey,
+  type NewOrderExtras,
 } from '../acme.js'
 import { type CertificateRecord, checkPair, parseRecord, recordDigest, recordSeal } from '../certificate.js'
 import { type CaFacts, factsOf, withFacts } from '../error-facts.js'
-import { ERR_CLOSED, ERR_INTERRUPTED, ERR_NO_CHALLENGE, ERR_ORDER_FAILED, ERR_ORDER_TIMEOUT } from '../errors.js'
+import {
+  ERR_CLOSED,
+  ERR_INTERRUPTED,
+  ERR_NO_CHALLENGE,
+  ERR_ORDER_FAILED,
+  ERR_ORDER_TIMEOUT,
+  ERR_UNKNOWN_PROFILE,
+} from '../errors.js'
 import type { OrderReason } from '../events.js'
 import type { Clock, ResolvedOptions } from '../options.js'
 import { keys, type Lease, type Storage } from '../storage/index.js'
 import { type AccountKeeper, RESERVATION_BYTES } from './account.js'
+import { certIdOfRecord } from './ari-poller.js'
 import { nextAttemptDelay } from './backoff.js'
 import { type ChallengeResponder, presenterFor } from './challenges.js'
 import type { Issuer } from './issuers.js'
 import type { Maintenance } from './maintenance.js'
 import type { OrderJournal, OrderJournals } from './order-journal.js'
-import type { OrderLimiter } from './rate-limit.js'
+import type { OrderBudget } from './rate-limit.js'
 import type { RetryState, RetryStates } from './retry-state.js'
 import type { Slots } from './slots.js'
 import type { NameEntry, NameStates, NextKind } from './state.js'
@@ -49,7 +58,7 @@ export interface OrderDeps {
   accounts: AccountKeeper
   retries: RetryStates
   journals: OrderJournals
-  limiter: OrderLimiter
+  budget: OrderBudget
   slots: Slots
   responders: readonly ChallengeResponder[]
   /** Aborts when the plugin closes. */
@@ -94,7 +103,7 @@ export class OrderRunner {
   }
 
   async #locked(entry: NameEntry, reason: OrderReason, lease: Lease): Promise<Outcome> {
-    const { storage, issuer, retries, journals, limiter, clock, states, closing, options } = this.#d
+    const { storage, issuer, retries, journals, budget, clock, states, closing, options } = this.#d
     const name = entry.name
     // Another process sharing this storage may have renewed (or failed) while we waited for the lock.
     if (reason !== 'manual' && (await this.#adoptStored(entry))) return { kind: 'adopted' }
@@ -110,7 +119,7 @@ export class OrderRunner {
       return { kind: 'wait', next: 'retry', at: retry.nextAttemptAt }
     }
     if (!journal) {
-      const wait = limiter.take(clock.now())
+      const wait = await budget.take(clock.now(), closing)
       if (wait > 0) {
         const until = clock.now() + wait
         states.apply(entry, { to: 'deferred', reason: 'order budget used up', until })
@@ -233,8 +242,7 @@ export class OrderRunner {
           `none of the challenge types ${options.challenges.join(', ')} can be answered by this server now`,
         )
       }
-      this.ordersSent++
-      order = await session.newOrder(signal, names)
+      order = await this.#newOrder(entry, session, names, signal)
       journal = { orderUrl: order.url, names, accountUrl: account.url, startedAt: clock.now() }
       // Before any challenge is answered: from here on, a crash resumes this order.
       await this.#journal(name, journal)
@@ -252,6 +260,38 @@ export class OrderRunner {
     }
     const chainPem = await session.download(signal, order)
     return { keyPem: journal.keyPem as string, chainPem, orderUrl: order.url }
+  }
+
+  /**
+   * A new order at the CA: with the configured profile (only if the CA offers it) and, for a renewal at a CA that
+   * offers ARI, `replaces` naming the certificate it renews (RFC 9773: such renewals are exempt from Let's Encrypt's
+   * rate limits). A refusal of `replaces` (already replaced, conflict, not ours) is followed by one order without
+   * it, never a loop.
+   */
+  async #newOrder(entry: NameEntry, session: AcmeSession, names: string[], signal: AbortSignal): Promise<AcmeOrder> {
+    const { options, accounts, log } = this.#d
+    const directory = await accounts.directory(signal)
+    const extras: NewOrderExtras = {}
+    if (options.profile !== undefined) {
+      if (!Object.hasOwn(directory.profiles, options.profile)) {
+        throw new ERR_UNKNOWN_PROFILE(options.profile, Object.keys(directory.profiles).join(', ') || 'none')
+      }
+      extras.profile = options.profile
+    }
+    const replaces = directory.renewalInfo && entry.record ? certIdOfRecord(entry.record) : undefined
+    this.ordersSent++
+    if (replaces === undefined) return session.newOrder(signal, names, extras)
+    try {
+      return await session.newOrder(signal, names, { ...extras, replaces })
+    } catch (err) {
+      if (!refusesReplaces(err, replaces)) throw err
+      log.warn(
+        { name: entry.name, replaces, err: { message: (err as Error).message, code: (err as { code?: string }).code } },
+        'fastify-acme: the CA refused `replaces`; ordering once without it',
+      )
+      this.ordersSent++
+      return session.newOrder(signal, names, extras)
+    }
   }
 
   /**
@@ -284,6 +324,9 @@ export class OrderRunner {
       orderUrl: issued.orderUrl,
       digest: recordDigest(issued.keyPem, issued.chainPem),
     }
+    const certId = certIdOfRecord(record)
+    if (certId !== undefined) record.certId = certId
+    if (this.#d.options.profile !== undefined) record.profile = this.#d.options.profile
     record.seal = recordSeal(record)
     return record
   }
@@ -298,7 +341,7 @@ export class OrderRunner {
     } catch {
       return false
     }
-    const probe = { ...entry, record }
+    const probe = { ...entry, record, ari: undefined }
     if (maintenance.renewAt(probe, () => 0).at <= clock.now()) return false
     states.apply(entry, { to: 'adopted', record })
     return true
@@ -344,6 +387,18 @@ export class OrderRunner {
     states.apply(entry, { to: 'failed', error, failures, nextAttemptAt: at })
     return { kind: 'failed', error, at }
   }
+}
+
+const REPLACES_REFUSED = new Set(['urn:ietf:params:acme:error:alreadyReplaced', 'urn:ietf:params:acme:error:conflict'])
+
+/** A newOrder refused because of its `replaces` field (Let's Encrypt says malformed when the AKI is another CA's). */
+function refusesReplaces(err: unknown, certId: string): boolean {
+  const { problemType } = factsOf(err)
+  if (problemType !== undefined && REPLACES_REFUSED.has(problemType)) return true
+  const message = err instanceof Error ? err.message : ''
+  return (
+    problemType === 'urn:ietf:params:acme:error:malformed' && (/replace/i.test(message) || message.includes(certId))
+  )
 }
 
 /** Every failure leaves with a FACME_* code; one without (a bug, a storage of the user's) is wrapped. */

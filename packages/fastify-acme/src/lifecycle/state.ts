@@ -7,6 +7,7 @@ import { factsOf } from '../error-facts.js'
 import type { AcmeEventEmitter, OrderReason } from '../events.js'
 import type { ChallengeType, Clock } from '../options.js'
 import type { CertResolver } from '../resolver.js'
+import type { AriState } from './ari.js'
 
 export type NameState = 'pending' | 'valid' | 'expired' | 'ordering' | 'error'
 export type NextKind = 'issue' | 'renew' | 'retry' | 'resume'
@@ -29,6 +30,8 @@ export interface NameStatus {
     networkCode?: string
   }
   nextAction?: { kind: NextKind; at: string; source?: string }
+  /** The CA's renewal window (ARI) for the served certificate, when it gave one, and the time picked in it. */
+  renewalInfo?: { window: { start: string; end: string }; selectedAt: string; explanationURL?: string }
   /** Consecutive failed attempts since the last success. */
   failures: number
 }
@@ -43,6 +46,8 @@ export interface NameEntry {
   verified: boolean | undefined
   failures: number
   lastError: { message: string; code: string; at: number; facts: ReturnType<typeof factsOf> } | undefined
+  /** The CA's renewal information for the served certificate (its certId matches), if any. */
+  ari: AriState | undefined
   /** When the name next needs work, and why: the scheduler's data, never parsed back from status. */
   next: { kind: NextKind; at: number; source?: string } | undefined
   /** Challenge types whose last validation failed for this name: the next attempt tries the others first. */
@@ -61,6 +66,7 @@ export function newEntry(name: string): NameEntry {
     verified: undefined,
     failures: 0,
     lastError: undefined,
+    ari: undefined,
     next: undefined,
     failedTypes: new Set(),
     running: undefined,
@@ -179,6 +185,7 @@ export class NameStates {
         entry.state = 'valid'
         entry.failures = 0
         entry.lastError = undefined
+        entry.ari = undefined
         entry.failedTypes.clear()
         const facts = { name, notAfter: record.notAfter, serial: record.serial }
         if (change.to === 'issued') {
@@ -268,6 +275,14 @@ export function statusOf(entry: NameEntry): NameStatus {
     if (facts.problemType !== undefined) status.lastError.problemType = facts.problemType
     if (facts.status !== undefined) status.lastError.status = facts.status
     if (facts.networkCode !== undefined) status.lastError.networkCode = facts.networkCode
+  }
+  if (entry.ari) {
+    const { start, end, selectedAt, explanationURL } = entry.ari
+    status.renewalInfo = {
+      window: { start: new Date(start).toISOString(), end: new Date(end).toISOString() },
+      selectedAt: new Date(selectedAt).toISOString(),
+    }
+    if (explanationURL !== undefined) status.renewalInfo.explanationURL = explanationURL
   }
   if (entry.next) {
     status.nextAction = { kind: entry.next.kind, at: new Date(entry.next.at).toISOString() }

@@ -75,6 +75,12 @@ export const keys = {
   /** An order in flight: its URL (and, once made, the certificate key), so a restart resumes it. */
   order: (dir: string, name: string) => `${dir}/orders/${name}.json`,
   orders: (dir: string) => `${dir}/orders/`,
+  /** The CA's renewal information (ARI) for a name's certificate, and the renewal time picked in its window. */
+  renewalInfo: (dir: string, name: string) => `${dir}/renewal-info/${name}.json`,
+  renewalInfos: (dir: string) => `${dir}/renewal-info/`,
+  /** The account's order budget: the times of its recent new orders. */
+  orderBudget: (dir: string) => `${dir}/order-budget.json`,
+  orderBudgetLock: (dir: string) => `${dir}/locks/order-budget`,
   orderLock: (dir: string, name: string) => `${dir}/locks/${name}`,
   accountLock: (dir: string) => `${dir}/locks/account`,
   challengeKey: (dir: string) => `${dir}/challenge-key.pem`,
