@@ -100,12 +100,17 @@ export function h2Get(port: number, name: string, ca: string | string[], path = 
   })
 }
 
-/** A bare TLS handshake: which certificate and protocol the server picks for these SNI/ALPN/version choices. */
+/**
+ * A bare TLS handshake: which certificate and protocol the server picks for these SNI/ALPN/version choices.
+ * With `untilServerEnds`, it resolves only when the server has ended the connection (what a challenge connection
+ * must do), and `gotData` then covers everything the server sent on it; otherwise it resolves at the handshake.
+ */
 export function handshake(opts: {
   port: number
   servername?: string
   alpn?: string[]
   version?: 'TLSv1.2' | 'TLSv1.3'
+  untilServerEnds?: boolean
 }): Promise<
   | { ok: true; cert: DetailedPeerCertificate; alpn: string | false | null; gotData: boolean }
   | { ok: false; error: string }
@@ -127,26 +132,28 @@ export function handshake(opts: {
         settled = true
         resolve(v)
       }
+      socket.destroy()
     }
     socket.on('data', () => {
       gotData = true
     })
     socket.on('secureConnect', () => {
       secured = { cert: socket.getPeerCertificate(true), alpn: socket.alpnProtocol }
-      // Give the server a moment to send anything it would send (it must not, for a challenge connection).
-      setTimeout(() => {
-        done({ ok: true, ...secured!, gotData })
-        socket.destroy()
-      }, 50)
+      if (!opts.untilServerEnds) done({ ok: true, ...secured, gotData })
     })
-    socket.on('error', (err) => done(secured ? { ok: true, ...secured, gotData } : { ok: false, error: err.message }))
+    // The server's end of the connection: nothing more can arrive, so gotData is final.
+    socket.on('end', () =>
+      done(secured ? { ok: true, ...secured, gotData } : { ok: false, error: 'ended before handshake' }),
+    )
+    socket.on('error', (err) =>
+      done(secured && !opts.untilServerEnds ? { ok: true, ...secured, gotData } : { ok: false, error: err.message }),
+    )
     socket.on('close', () =>
       done(secured ? { ok: true, ...secured, gotData } : { ok: false, error: 'closed before handshake' }),
     )
-    socket.setTimeout(5000, () => {
-      done({ ok: false, error: 'timeout' })
-      socket.destroy()
-    })
+    socket.setTimeout(5000, () =>
+      done({ ok: false, error: secured ? 'timeout: the server did not end the connection' : 'timeout' }),
+    )
   })
 }
 
