@@ -4,7 +4,7 @@ import { type RequestOptions, request } from 'node:https'
 import { type DetailedPeerCertificate, type PeerCertificate, connect as tlsConnect } from 'node:tls'
 import type { Pebble } from '@autotls/pebble-harness'
 import Fastify, { type FastifyInstance } from 'fastify'
-import { acmeServerFactory, type FastifyAcmeOptions, fastifyAcme } from '../src/index.js'
+import { acmeServerFactory, type Clock, type FastifyAcmeOptions, fastifyAcme } from '../src/index.js'
 
 export interface AppOptions {
   http2?: boolean
@@ -214,5 +214,35 @@ export async function until(predicate: () => boolean, timeoutMs: number, what: s
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
     await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+/**
+ * The system clock, recording when each timer the plugin arms will fire (its scheduler's wake-ups). `nextWake()`
+ * resolves at the next arming: once start-up has scheduled, the earliest wake-up shows that nothing is due before it.
+ */
+export function recordingClock() {
+  const wakes: number[] = []
+  let waiting: Array<(at: number) => void> = []
+  let lastNow = Date.now()
+  const clock: Clock = {
+    now: () => {
+      lastNow = Date.now()
+      return lastNow
+    },
+    // Relative to the now() the caller computed its delay from, so a wake-up is recorded at the time it was set for.
+    setTimeout: (fn, ms) => {
+      const at = lastNow + ms
+      wakes.push(at)
+      for (const w of waiting) w(at)
+      waiting = []
+      return setTimeout(fn, ms)
+    },
+    clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+  }
+  return {
+    clock,
+    wakes,
+    nextWake: () => new Promise<number>((resolve) => waiting.push(resolve)),
   }
 }
