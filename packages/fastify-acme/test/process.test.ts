@@ -12,10 +12,20 @@ import { countOrders, type Pebble, startPebble } from '@autotls/pebble-harness'
 
 const fixture = new URL('./fixtures/app-process.ts', import.meta.url).pathname
 
+interface ChildEvent {
+  event: string
+  name?: string
+  ms?: number
+  /** wake: when the scheduler's timer fires. */
+  at?: number
+  /** listening: each name's planned next action. */
+  nextActions?: Array<{ kind: string; at: string } | undefined>
+}
+
 interface Child {
   proc: ChildProcess
-  events: Array<{ event: string; name?: string; ms?: number }>
-  waitFor(event: string, timeoutMs?: number): Promise<{ event: string; ms?: number }>
+  events: ChildEvent[]
+  waitFor(event: string, timeoutMs?: number): Promise<ChildEvent>
   exited: Promise<number | null>
 }
 
@@ -69,17 +79,30 @@ describe('a process that dies mid-order', () => {
     const pebble = await startPebble({ vaNoSleep: false })
     const cacheDir = await mkdtemp(join(tmpdir(), 'facme-kill-'))
     const names = ['killed.acme.test']
+    // A failed assertion must not leave a child behind (its open stdout would keep the test file from ending).
+    const children: Child[] = []
+    const start = () => {
+      const child = startChild(pebble, cacheDir, names)
+      children.push(child)
+      return child
+    }
     try {
-      const first = startChild(pebble, cacheDir, names)
+      const first = start()
       await first.waitFor('challenge-presented')
       first.proc.kill('SIGKILL')
       await first.exited
       const ordersAfterCrash = countOrders(pebble)
       assert.equal(ordersAfterCrash, 1)
       for (let i = 0; i < 3; i++) {
-        const again = startChild(pebble, cacheDir, names)
-        await again.waitFor('listening')
-        await new Promise((r) => setTimeout(r, 500))
+        const again = start()
+        const listening = await again.waitFor('listening')
+        // Start-up has scheduled the name once the scheduler arms its timer: a first wake-up at the stored retry
+        // time (a minute after the interrupted order) proves nothing can order before then.
+        const wake = await again.waitFor('wake')
+        const retry = listening.nextActions?.[0]
+        assert.equal(retry?.kind, 'retry', 'the interrupted order counts as a failure')
+        assert.equal(wake.at, Date.parse(retry?.at ?? ''), 'the first wake-up is the stored retry time')
+        assert.ok(wake.at > Date.now(), 'the retry time is still ahead')
         assert.equal(again.events.filter((e) => e.event === 'order-started').length, 0, 'no order right after a crash')
         again.proc.kill('SIGKILL')
         await again.exited
@@ -87,6 +110,7 @@ describe('a process that dies mid-order', () => {
       console.log(`# ${countOrders(pebble)} order(s) at the CA after a crash mid-order and 3 restarts`)
       assert.equal(countOrders(pebble), ordersAfterCrash)
     } finally {
+      for (const child of children) child.proc.kill('SIGKILL')
       await pebble.stop()
     }
   })
