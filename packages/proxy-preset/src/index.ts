@@ -226,7 +226,6 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
 export { type CertificatePlan, planCertificates } from './certificates.js'
 export * from './errors.js'
 export {
-  applyForwardingHeaders,
   compileTrust,
   FORWARDING_HEADERS,
   type TrustFunction,
