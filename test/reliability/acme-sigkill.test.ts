@@ -23,6 +23,7 @@ import {
   sleep,
   spawnTs,
   startAcmeApp,
+  startupSettled,
   tempDir,
 } from './helpers.js'
 
@@ -148,8 +149,10 @@ describe('check 2: SIGKILL during certificate writes', () => {
 
     // A restart on the folder: everything valid is served and nothing is ordered.
     const ordersBefore = countOrders(pebble)
+    const restartLines: string[] = []
     const restarted = await startAcmeApp({
       port: pebble.tlsPort,
+      log: { level: 'info', lines: restartLines },
       acme: {
         names: NAMES,
         directory: pebble.directoryUrl,
@@ -160,7 +163,7 @@ describe('check 2: SIGKILL during certificate writes', () => {
     })
     try {
       for (const n of NAMES) assert.equal((await httpsGet(pebble.tlsPort, n, root)).status, 200)
-      await sleep(500)
+      await startupSettled(restarted, restartLines, NAMES)
       assert.equal(restarted.acme.ordersSent, 0)
     } finally {
       await restarted.close()
@@ -237,8 +240,10 @@ describe('check 2: SIGKILL during certificate writes', () => {
       await app.close()
     }
     const ordersBefore = countOrders(pebble)
+    const againLines: string[] = []
     const again = await startAcmeApp({
       port: pebble.tlsPort,
+      log: { level: 'info', lines: againLines },
       acme: {
         names,
         directory: pebble.directoryUrl,
@@ -247,9 +252,12 @@ describe('check 2: SIGKILL during certificate writes', () => {
         storage: new FileStorage(folder),
       },
     })
-    await sleep(500)
+    try {
+      await startupSettled(again, againLines, names)
+    } finally {
+      await again.close()
+    }
     const sent = again.acme.ordersSent
-    await again.close()
     assert.equal(sent, 0)
     assert.equal(countOrders(pebble) - ordersBefore, 0)
     const audit = await auditCertificates(folder)

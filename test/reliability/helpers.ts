@@ -1,5 +1,6 @@
 // Shared bits of the reliability suite: figure lines, temp folders, child processes, real TLS clients, a
 // TLS-ALPN-01 challenge certificate made with openssl, and process memory / descriptor readings.
+import assert from 'node:assert/strict'
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { type RequestOptions, request } from 'node:https'
@@ -334,4 +335,33 @@ export async function startAcmeApp(opts: AcmeAppOptions): Promise<FastifyInstanc
   app.get('/', async () => 'ok')
   await app.listen({ port: opts.port, host: '127.0.0.1' })
   return app
+}
+
+/** Resolves with the first JSON log line whose msg is `msg`, polling `lines` every 20 ms; rejects after timeoutMs. */
+export async function logged(lines: string[], msg: string, timeoutMs = 30_000): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    for (const line of lines) {
+      const entry = JSON.parse(line) as Record<string, unknown>
+      if (entry['msg'] === msg) return entry
+    }
+    if (Date.now() > deadline) throw new Error(`no log line '${msg}' within ${timeoutMs} ms`)
+    await sleep(20)
+  }
+}
+
+/**
+ * After a restart on a folder holding a certificate for each of `names`, waits for the last start-up work that could
+ * order one: the background check of the cached records (it starts a second after listening). Once it has passed
+ * every record, and every name is planned for renewal later, nothing can order; checks both.
+ */
+export async function startupSettled(app: FastifyInstance, lines: string[], names: readonly string[]): Promise<void> {
+  const check = await logged(lines, 'fastify-acme: cached certificates checked')
+  assert.equal(check['rejected'], 0, 'the background check rejected no cached certificate')
+  assert.equal(check['checked'], names.length, 'the background check covered every cached certificate')
+  for (const name of names) {
+    const next = app.acme.status(name)?.nextAction
+    assert.equal(next?.kind, 'renew', `${name}: planned for renewal`)
+    assert.ok(Date.parse(next?.at ?? '') > Date.now(), `${name}: renewal still ahead`)
+  }
 }

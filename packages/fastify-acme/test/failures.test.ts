@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { countOrders, freePort, startCaProxy, startPebble } from '@autotls/pebble-harness'
 import { FileStorage, MemoryStorage } from '../src/index.js'
-import { pebbleAcme, startApp, until } from './helpers.js'
+import { pebbleAcme, recordingClock, startApp, until } from './helpers.js'
 
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = []
@@ -44,8 +44,13 @@ describe('crash loop', () => {
       assert.ok(Date.parse(failedAt) - Date.now() > 10 * 60_000, 'a failed validation waits at least 15 minutes')
       const orders = countOrders(pebble)
       for (let i = 0; i < 10; i++) {
-        const app = await startApp({ port: await freePort(), acme: options })
-        await new Promise((r) => setTimeout(r, 150))
+        const { clock, nextWake } = recordingClock()
+        const armed = nextWake()
+        const app = await startApp({ port: await freePort(), acme: { ...options, clock } })
+        // Start-up has scheduled the name once the scheduler arms its timer: that first wake-up is the stored
+        // next-attempt time, so nothing can order before it.
+        const wake = await armed
+        assert.equal(new Date(wake).toISOString(), failedAt, 'the first wake-up is the stored next-attempt time')
         const s = app.acme.status(name)
         assert.equal(s?.nextAction?.kind, 'retry')
         assert.equal(s?.nextAction?.at, failedAt, 'the stored next-attempt time is kept across restarts')

@@ -4,7 +4,7 @@ import { type RequestOptions, request } from 'node:https'
 import { type DetailedPeerCertificate, type PeerCertificate, connect as tlsConnect } from 'node:tls'
 import type { Pebble } from '@autotls/pebble-harness'
 import Fastify, { type FastifyInstance } from 'fastify'
-import { acmeServerFactory, type FastifyAcmeOptions, fastifyAcme } from '../src/index.js'
+import { acmeServerFactory, type Clock, type FastifyAcmeOptions, fastifyAcme } from '../src/index.js'
 
 export interface AppOptions {
   http2?: boolean
@@ -100,12 +100,17 @@ export function h2Get(port: number, name: string, ca: string | string[], path = 
   })
 }
 
-/** A bare TLS handshake: which certificate and protocol the server picks for these SNI/ALPN/version choices. */
+/**
+ * A bare TLS handshake: which certificate and protocol the server picks for these SNI/ALPN/version choices.
+ * With `untilServerEnds`, it resolves only when the server has ended the connection (what a challenge connection
+ * must do), and `gotData` then covers everything the server sent on it; otherwise it resolves at the handshake.
+ */
 export function handshake(opts: {
   port: number
   servername?: string
   alpn?: string[]
   version?: 'TLSv1.2' | 'TLSv1.3'
+  untilServerEnds?: boolean
 }): Promise<
   | { ok: true; cert: DetailedPeerCertificate; alpn: string | false | null; gotData: boolean }
   | { ok: false; error: string }
@@ -127,26 +132,28 @@ export function handshake(opts: {
         settled = true
         resolve(v)
       }
+      socket.destroy()
     }
     socket.on('data', () => {
       gotData = true
     })
     socket.on('secureConnect', () => {
       secured = { cert: socket.getPeerCertificate(true), alpn: socket.alpnProtocol }
-      // Give the server a moment to send anything it would send (it must not, for a challenge connection).
-      setTimeout(() => {
-        done({ ok: true, ...secured!, gotData })
-        socket.destroy()
-      }, 50)
+      if (!opts.untilServerEnds) done({ ok: true, ...secured, gotData })
     })
-    socket.on('error', (err) => done(secured ? { ok: true, ...secured, gotData } : { ok: false, error: err.message }))
+    // The server's end of the connection: nothing more can arrive, so gotData is final.
+    socket.on('end', () =>
+      done(secured ? { ok: true, ...secured, gotData } : { ok: false, error: 'ended before handshake' }),
+    )
+    socket.on('error', (err) =>
+      done(secured && !opts.untilServerEnds ? { ok: true, ...secured, gotData } : { ok: false, error: err.message }),
+    )
     socket.on('close', () =>
       done(secured ? { ok: true, ...secured, gotData } : { ok: false, error: 'closed before handshake' }),
     )
-    socket.setTimeout(5000, () => {
-      done({ ok: false, error: 'timeout' })
-      socket.destroy()
-    })
+    socket.setTimeout(5000, () =>
+      done({ ok: false, error: secured ? 'timeout: the server did not end the connection' : 'timeout' }),
+    )
   })
 }
 
@@ -207,5 +214,35 @@ export async function until(predicate: () => boolean, timeoutMs: number, what: s
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
     await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+/**
+ * The system clock, recording when each timer the plugin arms will fire (its scheduler's wake-ups). `nextWake()`
+ * resolves at the next arming: once start-up has scheduled, the earliest wake-up shows that nothing is due before it.
+ */
+export function recordingClock() {
+  const wakes: number[] = []
+  let waiting: Array<(at: number) => void> = []
+  let lastNow = Date.now()
+  const clock: Clock = {
+    now: () => {
+      lastNow = Date.now()
+      return lastNow
+    },
+    // Relative to the now() the caller computed its delay from, so a wake-up is recorded at the time it was set for.
+    setTimeout: (fn, ms) => {
+      const at = lastNow + ms
+      wakes.push(at)
+      for (const w of waiting) w(at)
+      waiting = []
+      return setTimeout(fn, ms)
+    },
+    clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+  }
+  return {
+    clock,
+    wakes,
+    nextWake: () => new Promise<number>((resolve) => waiting.push(resolve)),
   }
 }

@@ -1,5 +1,6 @@
-// The TLS-ALPN-01 responder against real TLS clients: who gets the challenge certificate (the ALPN x SNI x TLS
-// version matrix), and that hostile or slow input at the TLS port never hurts the process or other clients.
+// The TLS-ALPN-01 responder: its diversion decision (isChallengeHello) on its own, then against real TLS clients: who
+// gets the challenge certificate (the ALPN x SNI x TLS version matrix), and that hostile or slow input at the TLS port
+// never hurts the process or other clients.
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { type Server as NetServer, connect as netConnect, createServer as netCreateServer, type Socket } from 'node:net'
@@ -9,11 +10,50 @@ import { connect as tlsConnect } from 'node:tls'
 import { makeTestCertificates } from '@autotls/pebble-harness'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { generateChallengeKey, tlsAlpnCertificate } from '../src/acme.js'
+import { isChallengeHello } from '../src/challenge-tls-alpn.js'
 import { acmeServerFactory, CertResolver } from '../src/index.js'
 import { handshake, httpsGet, isChallengeCertificate } from './helpers.js'
 
 const PENDING = 'pending.acme.test'
 const SERVED = 'served.acme.test'
+
+describe('isChallengeHello: the one decision that diverts a connection to the challenge certificate', () => {
+  const resolver = new CertResolver()
+  before(async () => {
+    const certs = await makeTestCertificates({ names: [SERVED] })
+    resolver.set(SERVED, { key: certs.key, cert: certs.cert })
+    resolver.setChallenge(PENDING, await tlsAlpnCertificate(PENDING, 'token.thumbprint', await generateChallengeKey()))
+  })
+
+  // [label, ALPN offered, SNI, diverted?]
+  const cases: Array<[string, string[] | undefined, string | undefined, boolean]> = [
+    ['exactly acme-tls/1 for the pending name', ['acme-tls/1'], PENDING, true],
+    ['the pending name in upper case', ['acme-tls/1'], PENDING.toUpperCase(), true],
+    ['no ALPN extension', undefined, PENDING, false],
+    ['an empty ALPN list', [], PENDING, false],
+    ['acme-tls/1 first among others', ['acme-tls/1', 'http/1.1'], PENDING, false],
+    ['acme-tls/1 last among others', ['h2', 'acme-tls/1'], PENDING, false],
+    ['acme-tls/1 listed twice', ['acme-tls/1', 'acme-tls/1'], PENDING, false],
+    ['ACME-TLS/1 (protocol ids are case-sensitive)', ['ACME-TLS/1'], PENDING, false],
+    ['no SNI', ['acme-tls/1'], undefined, false],
+    ['an empty SNI', ['acme-tls/1'], '', false],
+    ['a name with a certificate but no pending challenge', ['acme-tls/1'], SERVED, false],
+    ['an unknown name', ['acme-tls/1'], 'unknown.acme.test', false],
+  ]
+  for (const [label, alpn, serverName, diverted] of cases) {
+    test(`${label}: ${diverted ? 'diverted' : 'not diverted'}`, () => {
+      assert.equal(isChallengeHello(alpn, serverName, resolver), diverted)
+    })
+  }
+
+  test('a challenge no longer pending: not diverted', async () => {
+    const gone = new CertResolver()
+    gone.setChallenge(PENDING, await tlsAlpnCertificate(PENDING, 'token.thumbprint', await generateChallengeKey()))
+    assert.equal(isChallengeHello(['acme-tls/1'], PENDING, gone), true)
+    gone.deleteChallenge(PENDING)
+    assert.equal(isChallengeHello(['acme-tls/1'], PENDING, gone), false)
+  })
+})
 
 describe('TLS-ALPN-01 responder', () => {
   let app: FastifyInstance
@@ -43,8 +83,9 @@ describe('TLS-ALPN-01 responder', () => {
 
   for (const version of ['TLSv1.2', 'TLSv1.3'] as const) {
     test(`${version}: exactly ["acme-tls/1"] for a pending name gets the challenge certificate and no data`, async () => {
-      const res = await handshake({ port, servername: PENDING, alpn: ['acme-tls/1'], version })
-      assert.ok(res.ok, `handshake failed: ${!res.ok && res.error}`)
+      // Resolved once the server has ended the connection, so `gotData` covers all it ever sent on it.
+      const res = await handshake({ port, servername: PENDING, alpn: ['acme-tls/1'], version, untilServerEnds: true })
+      assert.ok(res.ok, `handshake failed or the server did not end the connection: ${!res.ok && res.error}`)
       assert.equal(res.alpn, 'acme-tls/1')
       assert.ok(isChallengeCertificate(res.cert), 'critical acmeIdentifier extension present')
       assert.equal(res.cert.subjectaltname, `DNS:${PENDING}`)

@@ -130,18 +130,9 @@ function forwardingValues(headers: Record<string, unknown>, ctx: ForwardingConte
 }
 
 /**
- * Rewrites `headers` (the copy going upstream) in place: removes every forwarding header the client sent, then sets
- * them from the connection. From a trusted peer, the existing chain is kept and extended.
- */
-export function applyForwardingHeaders(headers: Record<string, unknown>, ctx: ForwardingContext): void {
-  const values = forwardingValues(headers, ctx)
-  for (const name of Object.keys(headers)) if (isForwardingHeader(name)) delete headers[name]
-  for (const [name, value] of values) headers[name] = value
-}
-
-/**
  * The request headers for the upstream, as a new object made in one pass: the client's end-to-end headers without
- * hop-by-hop and forwarding headers, then the forwarding headers set as applyForwardingHeaders() does.
+ * hop-by-hop and forwarding headers (underscore spellings included), then the forwarding headers set from the
+ * connection; from a trusted peer, the chain it sent is kept and extended.
  */
 export function upstreamRequestHeaders(
   headers: Record<string, unknown>,

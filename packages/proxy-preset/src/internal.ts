@@ -3,7 +3,6 @@
 
 export { planCertificates } from './certificates.js'
 export {
-  applyForwardingHeaders,
   compileTrust,
   FORWARDING_HEADERS,
   type TrustFunction,

@@ -1,8 +1,9 @@
 // Regression from the reliability suite (check 16): forwarding headers spelled with underscores (`X_Forwarded_For`)
-// passed through, and CGI-style upstreams (PHP-FPM, WSGI, Rack) read them as X-Forwarded-For.
+// passed through, and CGI-style upstreams (PHP-FPM, WSGI, Rack) read them as X-Forwarded-For. Tested through
+// upstreamRequestHeaders(), the function every proxied request's headers go through (routes.ts).
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { applyForwardingHeaders } from '../src/forwarded.js'
+import { upstreamRequestHeaders } from '../src/forwarded.js'
 
 test('underscore spellings of forwarding headers are dropped for an untrusted peer', () => {
   const headers: Record<string, unknown> = {
@@ -13,8 +14,13 @@ test('underscore spellings of forwarding headers are dropped for an untrusted pe
     x_forwarded_proto: 'http',
     x_custom_header: 'kept',
   }
-  applyForwardingHeaders(headers, { peer: '127.0.0.1', secure: true, host: 'site.test', trusted: () => false })
-  assert.deepEqual(headers, {
+  const upstream = upstreamRequestHeaders(headers, {
+    peer: '127.0.0.1',
+    secure: true,
+    host: 'site.test',
+    trusted: () => false,
+  })
+  assert.deepEqual(upstream, {
     x_custom_header: 'kept',
     'x-forwarded-for': '127.0.0.1',
     'x-real-ip': '127.0.0.1',

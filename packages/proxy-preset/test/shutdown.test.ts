@@ -55,7 +55,10 @@ describe('graceful shutdown', () => {
     while (slow.seen.length < 2) await new Promise((r) => setTimeout(r, 5))
     const started = Date.now()
     const closing = proxy.close()
-    await new Promise((r) => setTimeout(r, 50))
+    // close() stops listening once its pre-close work has run: wait for that, not for a fixed time.
+    const deadline = Date.now() + 3_000
+    while (proxy.app.server.listening && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
+    assert.equal(proxy.app.server.listening, false, 'close() stopped listening')
     assert.ok(await refused(port), 'still accepting after close()')
     const replies = await Promise.all(inFlight)
     for (const reply of replies) {
