@@ -12,7 +12,8 @@ const withBrowser = process.argv.includes('--with-browser')
 const log = (msg) => process.stderr.write(`[bootstrap] ${msg}\n`)
 
 function has(cmd) {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0
+  if (spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0) return true
+  return existsSync(`/usr/sbin/${cmd}`)
 }
 
 function run(cmd, args, opts = {}) {
@@ -29,6 +30,10 @@ const wanted = [
   ['pebble', 'pebble'],
   // Same Debian package: the harness's DNS server.
   ['pebble-challtestsrv', 'pebble'],
+  // DNS-01 tests: a real authoritative server (startBind) and nsupdate, which the harness tests and the exec-provider
+  // example script use. /usr/sbin is not on every PATH, so named is looked for there too (see has()).
+  ['named', 'bind9'],
+  ['nsupdate', 'bind9-dnsutils'],
   ['openssl', 'openssl'],
   ['curl', 'curl'],
   // The reliability suite's protocol/cipher scan (test/reliability/tls-scan.test.ts).

@@ -1,5 +1,13 @@
 // Public entry of @autotls/pebble-harness: real-ACME test infrastructure around Debian's Pebble.
 
+export {
+  type Bind,
+  type BindOptions,
+  type BindTsigAlgorithm,
+  type BindZone,
+  DEFAULT_BIND_ZONES,
+  startBind,
+} from './bind.js'
 export { type CaProxy, type CaProxyOptions, type CaProxyRule, startCaProxy } from './ca-proxy.js'
 export { makeTestCertificates, type TestCertificateOptions, type TestCertificates } from './certs.js'
 export { type ChallTestSrv, type ChallTestSrvOptions, startChallTestSrv } from './challtestsrv.js'

@@ -38,6 +38,13 @@ export interface PebbleOptions {
    */
   dns?: ChallTestSrv
   /**
+   * `host:port` of the DNS server Pebble resolves and validates through instead of the challtestsrv, e.g.
+   * `startBind().address` for DNS-01 against a real BIND (start named with `forwarders: [challtestsrv]` to keep
+   * every other name resolving to 127.0.0.1). The challtestsrv is still started (or `dns` used) and exposed as
+   * {@link Pebble.dns}. Default: the challtestsrv's address.
+   */
+  dnsServer?: string
+  /**
    * The certificate of Pebble's own HTTPS listener, e.g. `old.listenerCertificates` to restart "the same CA" that
    * clients already trust (same directory URL, same caBundle). Default: a new throw-away CA and leaf.
    */
@@ -60,6 +67,8 @@ export interface Pebble {
   dnsPort: number
   /** That DNS server: add A, TXT (DNS-01) and CNAME records through its management API. */
   dns: ChallTestSrv
+  /** `host:port` Pebble resolves through (`-dnsserver`): the challtestsrv's, or {@link PebbleOptions.dnsServer}. */
+  dnsServer: string
   /** PEM of the throw-away CA that signed Pebble's own HTTPS listener certificate (not the issuing root). */
   caBundle: string
   /** The listener's CA, certificate and key: pass to {@link PebbleOptions.listenerCertificates} on a restart. */
@@ -146,6 +155,8 @@ export async function startPebble(options: PebbleOptions = {}): Promise<Pebble> 
   checkPort('listenPort', options.listenPort)
   checkPort('tlsPort', options.tlsPort)
   checkPort('httpPort', options.httpPort)
+  if (options.dnsServer !== undefined && !/^[^\s:]+:\d{1,5}$/.test(options.dnsServer))
+    throw new TypeError(`dnsServer must be host:port, got ${JSON.stringify(options.dnsServer)}`)
   const validity = options.certificateValidityPeriod
   if (validity !== undefined && !(Number.isInteger(validity) && validity > 0))
     throw new TypeError(`certificateValidityPeriod must be a positive number of seconds, got ${validity}`)
@@ -195,6 +206,7 @@ export async function startPebble(options: PebbleOptions = {}): Promise<Pebble> 
       configPath,
       certs,
       dns,
+      dnsServer: options.dnsServer ?? `127.0.0.1:${dns.dnsPort}`,
       ownDns: !options.dns,
       listenPort,
       mgmtPort,
@@ -215,6 +227,7 @@ interface LaunchPlan {
   configPath: string
   certs: { caCert: string; cert: string; key: string }
   dns: ChallTestSrv
+  dnsServer: string
   ownDns: boolean
   listenPort: number
   mgmtPort: number
@@ -231,15 +244,11 @@ async function launch(plan: LaunchPlan): Promise<Pebble> {
   // stdio is piped, not ignored: besides capturing logs, a Go program whose stdout/stderr pipe breaks dies on its
   // next log line (SIGPIPE). No hook runs when the test process is SIGKILLed; the orphan then dies at the first
   // request it gets (Pebble logs every request), e.g. from the next run reusing its port.
-  const child = spawn(
-    plan.binary,
-    ['-config', plan.configPath, '-dnsserver', `127.0.0.1:${dns.dnsPort}`, '-strict=false'],
-    {
-      cwd: dir,
-      env: plan.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  )
+  const child = spawn(plan.binary, ['-config', plan.configPath, '-dnsserver', plan.dnsServer, '-strict=false'], {
+    cwd: dir,
+    env: plan.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
   capture.attach(child.stdout)
   capture.attach(child.stderr)
   const watch = watchExit(child)
@@ -281,6 +290,7 @@ async function launch(plan: LaunchPlan): Promise<Pebble> {
     httpPort,
     dnsPort: dns.dnsPort,
     dns,
+    dnsServer: plan.dnsServer,
     caBundle,
     listenerCertificates: { caCert: plan.certs.caCert, cert: plan.certs.cert, key: plan.certs.key },
     issuingRoot: cachedPem('/roots/0'),
