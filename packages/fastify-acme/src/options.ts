@@ -29,16 +29,53 @@ export type KeyType = Static<typeof KeyTypeSchema>
 export const ChallengeTypeSchema = Type.Union([Type.Literal('tls-alpn-01'), Type.Literal('http-01')])
 export type ChallengeType = Static<typeof ChallengeTypeSchema>
 
+const EabSchema = Type.Object(
+  {
+    kid: Type.String({ minLength: 1 }),
+    hmacKey: Type.String({ minLength: 1, pattern: '^[A-Za-z0-9_=-]+$', description: 'base64url HMAC key' }),
+  },
+  { additionalProperties: false, description: 'External account binding issued by the CA' },
+)
+
+export const DEFAULT_ISSUER_ATTEMPTS = 2
+
 export const AcmeOptionsSchema = Type.Object(
   {
     names: Type.Array(Type.String({ minLength: 1, maxLength: 253 }), {
       minItems: 1,
       description: 'DNS names to manage; each gets its own certificate. IDNs are converted to punycode.',
     }),
-    directory: Type.String({
-      minLength: 1,
-      description: "'letsencrypt-production', 'letsencrypt-staging', or an ACME directory URL (https)",
-    }),
+    directory: Type.Optional(
+      Type.String({
+        minLength: 1,
+        description: "'letsencrypt-production', 'letsencrypt-staging', or an ACME directory URL (https)",
+      }),
+    ),
+    issuers: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            directory: Type.String({ minLength: 1, description: 'As `directory`' }),
+            contact: Type.Optional(Type.Array(Type.String({ pattern: '^mailto:[^@\\s]+@[^@\\s]+$' }))),
+            eab: Type.Optional(EabSchema),
+          },
+          { additionalProperties: false },
+        ),
+        {
+          minItems: 1,
+          maxItems: 8,
+          description:
+            'CAs to order from, in order (instead of `directory`): after `issuerAttempts` failed attempts with one (or at once on a refusal that cannot clear soon), the next is tried; every renewal starts with the first again',
+        },
+      ),
+    ),
+    issuerAttempts: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 100,
+        description: 'Failed attempts with one issuer before the next (default 2)',
+      }),
+    ),
     termsOfServiceAgreed: Type.Boolean({ description: "Must be true: you accept the CA's terms of service" }),
     contact: Type.Optional(
       Type.Array(Type.String({ pattern: '^mailto:[^@\\s]+@[^@\\s]+$' }), {
@@ -61,15 +98,7 @@ export const AcmeOptionsSchema = Type.Object(
         description: "Extra PEM roots to trust for the ACME directory's HTTPS (private CAs, Pebble)",
       }),
     ),
-    eab: Type.Optional(
-      Type.Object(
-        {
-          kid: Type.String({ minLength: 1 }),
-          hmacKey: Type.String({ minLength: 1, pattern: '^[A-Za-z0-9_=-]+$', description: 'base64url HMAC key' }),
-        },
-        { additionalProperties: false, description: 'External account binding issued by the CA' },
-      ),
-    ),
+    eab: Type.Optional(EabSchema),
     renewBeforeRatio: Type.Optional(
       Type.Number({
         exclusiveMinimum: 0,
@@ -124,9 +153,19 @@ export const systemClock: Clock = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 }
 
+export interface ResolvedIssuer {
+  directoryUrl: string
+  contact: string[]
+  eab: { kid: string; hmacKey: string } | undefined
+}
+
 export interface ResolvedOptions {
   names: string[]
+  /** The first issuer's directory. */
   directoryUrl: string
+  /** Every CA to order from, in order (one unless `issuers` was given). */
+  issuers: ResolvedIssuer[]
+  issuerAttempts: number
   contact: string[]
   cacheDir: string
   keyType: KeyType
@@ -164,11 +203,15 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   if (input === null || typeof input !== 'object') throw new ERR_INVALID_OPTIONS('options must be an object')
   const { storage: _storage, clock: _clock, ...data } = input as Record<string, unknown>
   // Checked before the schema so that a missing directory or ToS gets its own, more helpful code.
-  if (data['directory'] === undefined) throw new ERR_DIRECTORY_REQUIRED()
-  if (data['termsOfServiceAgreed'] !== true && data['termsOfServiceAgreed'] !== undefined) {
-    throw new ERR_TOS_NOT_AGREED(String(data['directory']))
+  if (data['directory'] === undefined && data['issuers'] === undefined) throw new ERR_DIRECTORY_REQUIRED()
+  if (data['directory'] !== undefined && data['issuers'] !== undefined) {
+    throw new ERR_INVALID_OPTIONS('give either `directory` (one CA) or `issuers` (a list of CAs), not both')
   }
-  if (data['termsOfServiceAgreed'] === undefined) throw new ERR_TOS_NOT_AGREED(String(data['directory']))
+  if (data['termsOfServiceAgreed'] !== true && data['termsOfServiceAgreed'] !== undefined) {
+    throw new ERR_TOS_NOT_AGREED(String(data['directory'] ?? 'each issuer'))
+  }
+  if (data['termsOfServiceAgreed'] === undefined)
+    throw new ERR_TOS_NOT_AGREED(String(data['directory'] ?? 'each issuer'))
   if (!Value.Check(AcmeOptionsSchema, data)) {
     const first = Value.Errors(AcmeOptionsSchema, data).First()
     const where = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : '(root)'
@@ -183,10 +226,23 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   const retryMinMs = opts.retryMinMs ?? DEFAULT_RETRY_MIN_MS
   const retryMaxMs = opts.retryMaxMs ?? DEFAULT_RETRY_MAX_MS
   if (retryMaxMs < retryMinMs) throw new ERR_INVALID_OPTIONS('retryMaxMs must be >= retryMinMs')
+  const contact = opts.contact ?? []
+  const issuers: ResolvedIssuer[] = opts.issuers
+    ? opts.issuers.map((i) => ({
+        directoryUrl: resolveDirectory(i.directory),
+        contact: i.contact ?? contact,
+        eab: i.eab,
+      }))
+    : [{ directoryUrl: resolveDirectory(opts.directory), contact, eab: opts.eab }]
+  if (new Set(issuers.map((i) => i.directoryUrl)).size !== issuers.length) {
+    throw new ERR_INVALID_OPTIONS('issuers: each directory may appear once')
+  }
   return {
     names,
-    directoryUrl: resolveDirectory(opts.directory),
-    contact: opts.contact ?? [],
+    directoryUrl: issuers[0]!.directoryUrl,
+    issuers,
+    issuerAttempts: opts.issuerAttempts ?? DEFAULT_ISSUER_ATTEMPTS,
+    contact,
     cacheDir: opts.cacheDir ?? DEFAULT_CACHE_DIR,
     keyType: opts.keyType ?? DEFAULT_KEY_TYPE,
     challenges: opts.challenges ?? [...DEFAULT_CHALLENGES],

@@ -40,7 +40,8 @@ export interface LoadDeps {
   storage: Storage
   dir: string
   log: FastifyBaseLogger
-  retries: RetryStates
+  /** The retry states and order journals are read only with the first issuer's folder (they live there). */
+  retries: RetryStates | undefined
   ari: AriStates
 }
 
@@ -59,8 +60,8 @@ async function listed(storage: Storage, prefix: string): Promise<Set<string> | u
 export async function* readCache(deps: LoadDeps, names: readonly string[]): AsyncGenerator<CachedName[]> {
   const { storage, dir, log, retries, ari } = deps
   // Few names have a retry state or an order in flight: one listing each instead of one failed read per name.
-  const withState = await listed(storage, keys.states(dir))
-  const withOrder = await listed(storage, keys.orders(dir))
+  const withState = retries ? await listed(storage, keys.states(dir)) : new Set<string>()
+  const withOrder = retries ? await listed(storage, keys.orders(dir)) : new Set<string>()
   const withAri = await listed(storage, keys.renewalInfos(dir))
   for (let i = 0; i < names.length; i += LOAD_CONCURRENCY) {
     const chunk = names.slice(i, i + LOAD_CONCURRENCY)
@@ -80,7 +81,7 @@ export async function* readCache(deps: LoadDeps, names: readonly string[]): Asyn
       chunk.map(async (name, j): Promise<CachedName> => {
         const { record, verified } = usableRecord(name, reads[j], log)
         const file = `${name}.json`
-        const retry = withState === undefined || withState.has(file) ? await retries.read(name) : undefined
+        const retry = retries && (withState === undefined || withState.has(file)) ? await retries.read(name) : undefined
         const orderInFlight =
           withOrder === undefined
             ? (await storage.get(keys.order(dir, name)).catch(() => undefined)) !== undefined

@@ -16,10 +16,10 @@ import { AccountKeeper } from './account.js'
 import { AriStates } from './ari.js'
 import { AriPoller } from './ari-poller.js'
 import type { ChallengeResponder } from './challenges.js'
-import { type Issuer, issuersFrom } from './issuers.js'
-import { checkCached, readCache } from './load.js'
+import { issuersFrom } from './issuers.js'
+import { type CachedName, checkCached, readCache } from './load.js'
 import { Maintenance } from './maintenance.js'
-import { OrderRunner, type Outcome } from './order.js'
+import { type IssuerContext, OrderRunner, type Outcome } from './order.js'
 import { OrderJournals } from './order-journal.js'
 import { OrderBudget } from './rate-limit.js'
 import { type RenewalPolicy, renewalPolicy } from './renewal-policy.js'
@@ -49,16 +49,14 @@ export class CertificateManager {
   readonly #log: FastifyBaseLogger
   readonly #clock: Clock
   readonly #storage: Storage
-  readonly #issuer: Issuer
+  /** Every CA with its account, order budget and renewal information; [0] also keeps retry states and journals. */
+  readonly #issuers: Array<IssuerContext & { ari: AriPoller; ariStates: AriStates }>
   readonly #entries = new Map<string, NameEntry>()
   readonly #abort = new AbortController()
   readonly #states: NameStates
   readonly #maintenance: Maintenance
   readonly #retries: RetryStates
   readonly #runner: OrderRunner
-  readonly #accounts: AccountKeeper
-  readonly #ari: AriPoller
-  readonly #ariStates: AriStates
   readonly #random: () => number
   #started = false
   #verifying: Promise<void> | undefined
@@ -71,8 +69,6 @@ export class CertificateManager {
     this.#storage = deps.storage
     const random = deps.random ?? Math.random
     this.#random = random
-    // The first issuer is the only one today; the list is the seam for a second CA.
-    this.#issuer = issuersFrom(o)[0]!
     trustRoots(o.caRoots)
     this.#states = new NameStates({ resolver: deps.resolver, events: deps.events, log: deps.log, clock: deps.clock })
     this.#maintenance = new Maintenance({
@@ -82,36 +78,44 @@ export class CertificateManager {
       issueMissing: o.issueOnStart,
       due: (name) => void this.#run(name, undefined),
     })
-    this.#retries = new RetryStates(deps.storage, this.#issuer.dir, o)
-    this.#accounts = new AccountKeeper({
-      storage: deps.storage,
-      issuer: this.#issuer,
-      log: deps.log,
-      lockTimeoutMs: o.orderTimeoutMs,
+    this.#issuers = issuersFrom(o).map((issuer, index) => {
+      const accounts = new AccountKeeper({
+        storage: deps.storage,
+        issuer,
+        log: deps.log,
+        lockTimeoutMs: o.orderTimeoutMs,
+      })
+      const ariStates = new AriStates(deps.storage, issuer.dir)
+      return {
+        index,
+        issuer,
+        accounts,
+        budget: new OrderBudget(deps.storage, issuer.dir, o.rateLimit.orders, o.rateLimit.windowMs),
+        ariStates,
+        ari: new AriPoller({
+          clock: deps.clock,
+          log: deps.log,
+          random,
+          states: ariStates,
+          directory: (signal) => accounts.directory(signal),
+          closing: this.#abort.signal,
+          due: (name) => void this.#pollAri(name),
+        }),
+      }
     })
-    this.#ariStates = new AriStates(deps.storage, this.#issuer.dir)
-    this.#ari = new AriPoller({
-      clock: deps.clock,
-      log: deps.log,
-      random,
-      states: this.#ariStates,
-      directory: (signal) => this.#accounts.directory(signal),
-      closing: this.#abort.signal,
-      due: (name) => void this.#pollAri(name),
-    })
+    const home = this.#issuers[0]!.issuer.dir
+    this.#retries = new RetryStates(deps.storage, home, o)
     this.#runner = new OrderRunner({
       options: o,
-      issuer: this.#issuer,
+      issuers: this.#issuers,
       storage: deps.storage,
       clock: deps.clock,
       log: deps.log,
       random,
       states: this.#states,
       maintenance: this.#maintenance,
-      accounts: this.#accounts,
       retries: this.#retries,
-      journals: new OrderJournals(deps.storage, this.#issuer.dir),
-      budget: new OrderBudget(deps.storage, this.#issuer.dir, o.rateLimit.orders, o.rateLimit.windowMs),
+      journals: new OrderJournals(deps.storage, home),
       slots: new Slots(o.concurrency),
       responders: deps.responders,
       closing: this.#abort.signal,
@@ -119,9 +123,9 @@ export class CertificateManager {
     for (const name of o.names) this.#track(name)
   }
 
-  /** The storage folder of the (first) issuer. */
+  /** The storage folder of the first issuer. */
   get directoryKey(): string {
-    return this.#issuer.dir
+    return this.#issuers[0]!.issuer.dir
   }
 
   /** New orders this process sent to the CA. */
@@ -143,21 +147,51 @@ export class CertificateManager {
     let expired = 0
     let unchecked = 0
     let resumable = 0
+    const names = [...this.#entries.keys()]
+    // Certificates from the other issuers (a name served by the second CA after the first failed): the newest wins.
+    const elsewhere = new Map<string, { found: CachedName; issuer: number }>()
+    for (const ctx of this.#issuers.slice(1)) {
+      const deps = {
+        storage: this.#storage,
+        dir: ctx.issuer.dir,
+        log: this.#log,
+        retries: undefined,
+        ari: ctx.ariStates,
+      }
+      for await (const batch of readCache(deps, names)) {
+        for (const found of batch) {
+          const best = elsewhere.get(found.name)?.found.record
+          if (found.record && (!best || Date.parse(found.record.notAfter) > Date.parse(best.notAfter))) {
+            elsewhere.set(found.name, { found, issuer: ctx.index })
+          }
+        }
+      }
+    }
+    const home = this.#issuers[0]!
     const deps = {
       storage: this.#storage,
-      dir: this.#issuer.dir,
+      dir: home.issuer.dir,
       log: this.#log,
       retries: this.#retries,
-      ari: this.#ariStates,
+      ari: home.ariStates,
     }
-    for await (const batch of readCache(deps, [...this.#entries.keys()])) {
-      for (const found of batch) {
-        const entry = this.#entries.get(found.name)!
+    for await (const batch of readCache(deps, names)) {
+      for (const homeFound of batch) {
+        const entry = this.#entries.get(homeFound.name)!
+        const other = elsewhere.get(homeFound.name)
+        const newer =
+          other?.found.record &&
+          (!homeFound.record || Date.parse(other.found.record.notAfter) > Date.parse(homeFound.record.notAfter))
+        const found = newer
+          ? { ...homeFound, record: other.found.record, verified: other.found.verified, ari: other.found.ari }
+          : homeFound
+        const issuer = newer ? other.issuer : 0
         const record = found.record
         if (record) {
           this.#states.apply(entry, {
             to: 'loaded',
             record,
+            issuer,
             verified: found.verified,
             onUnusable: (err) => this.#drop(entry, record, err),
           })
@@ -193,7 +227,7 @@ export class CertificateManager {
     this.#started = true
     // RSA key generation takes a few hundred ms: start it now, before the first order needs it.
     if (this.#o.issueOnStart && this.#o.challenges.includes('tls-alpn-01')) {
-      void this.#accounts.challengeKey().catch(() => {})
+      void this.#issuers[0]!.accounts.challengeKey().catch(() => {})
     }
     this.#states.listening()
     this.#maintenance.start(this.#entries.values())
@@ -202,7 +236,9 @@ export class CertificateManager {
     const now = this.#clock.now()
     const spread = Math.min(60_000, 10 * this.#entries.size)
     for (const entry of this.#entries.values()) {
-      if (entry.record) this.#ari.schedule(entry.name, entry.ari?.nextPollAt ?? now + this.#random() * spread)
+      if (entry.record) {
+        this.#issuers[entry.issuer]!.ari.schedule(entry.name, entry.ari?.nextPollAt ?? now + this.#random() * spread)
+      }
     }
     this.#verifying = this.#verifyCached().catch((err: Error) => {
       this.#log.error({ err }, 'fastify-acme: checking the cached certificates stopped')
@@ -294,21 +330,22 @@ export class CertificateManager {
     const entry = this.#entries.get(name)
     const record = entry?.record
     if (!entry || !record || this.#abort.signal.aborted) return
-    const { state, nextPollAt } = await this.#ari.poll(name, record, entry.ari)
+    const ctx = this.#issuers[entry.issuer]!
+    const { state, nextPollAt } = await ctx.ari.poll(name, record, entry.ari)
     // Replaced meanwhile: the new certificate has polls of its own.
     if (entry.record !== record || this.#abort.signal.aborted) return
     entry.ari = state
     if (!entry.running && (entry.next === undefined || entry.next.kind === 'renew')) this.#maintenance.plan(entry)
-    if (nextPollAt !== undefined) this.#ari.schedule(name, nextPollAt)
+    if (nextPollAt !== undefined) ctx.ari.schedule(name, nextPollAt)
   }
 
   /** Polls of renewal information sent by this process. */
   get renewalInfoPolls(): number {
-    return this.#ari.polls
+    return this.#issuers.reduce((sum, ctx) => sum + ctx.ari.polls, 0)
   }
 
   async close(): Promise<void> {
-    this.#ari.stop()
+    for (const ctx of this.#issuers) ctx.ari.stop()
     this.#maintenance.stop()
     this.#abort.abort(new ERR_CLOSED())
     await this.#verifying
@@ -365,7 +402,7 @@ export class CertificateManager {
         this.#maintenance.plan(entry)
         for (const w of entry.waiters.splice(0)) w.resolve(statusOf(entry))
         // The new certificate's renewal window, from the CA that issued it.
-        this.#ari.schedule(entry.name, this.#clock.now())
+        this.#issuers[entry.issuer]!.ari.schedule(entry.name, this.#clock.now())
         return
       case 'wait':
         this.#maintenance.set(entry, outcome.next, outcome.at)

@@ -12,6 +12,8 @@ export interface OrderJournal {
   names: string[]
   /** The account that created it: only that account may fetch it. */
   accountUrl: string
+  /** The CA (directory URL) of the order. */
+  directoryUrl?: string
   startedAt: number
   /** The certificate key, once made (just before finalize). */
   keyPem?: string

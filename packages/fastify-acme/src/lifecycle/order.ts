@@ -28,7 +28,7 @@ import { type AccountKeeper, RESERVATION_BYTES } from './account.js'
 import { certIdOfRecord } from './ari-poller.js'
 import { nextAttemptDelay } from './backoff.js'
 import { type ChallengeResponder, presenterFor } from './challenges.js'
-import type { Issuer } from './issuers.js'
+import { type Issuer, lastingRefusal, nextIssuer } from './issuers.js'
 import type { Maintenance } from './maintenance.js'
 import type { OrderJournal, OrderJournals } from './order-journal.js'
 import type { OrderBudget } from './rate-limit.js'
@@ -46,19 +46,26 @@ export type Outcome =
   /** Abandoned without a verdict: close(), or the storage lock was lost (another instance may carry on). */
   | { kind: 'abandoned'; error: Error; at?: number }
 
+/** What an attempt needs of one CA. */
+export interface IssuerContext {
+  readonly index: number
+  readonly issuer: Issuer
+  readonly accounts: AccountKeeper
+  readonly budget: OrderBudget
+}
+
 export interface OrderDeps {
   options: ResolvedOptions
-  issuer: Issuer
+  /** Every CA, in order; [0] also holds the per-name locks, retry states and order journals. */
+  issuers: readonly IssuerContext[]
   storage: Storage
   clock: Clock
   log: FastifyBaseLogger
   random: () => number
   states: NameStates
   maintenance: Maintenance
-  accounts: AccountKeeper
   retries: RetryStates
   journals: OrderJournals
-  budget: OrderBudget
   slots: Slots
   responders: readonly ChallengeResponder[]
   /** Aborts when the plugin closes. */
@@ -81,13 +88,13 @@ export class OrderRunner {
   }
 
   async run(entry: NameEntry, reason: OrderReason): Promise<Outcome> {
-    const { slots, storage, issuer, options, closing } = this.#d
+    const { slots, storage, issuers, options, closing } = this.#d
     const name = entry.name
     await slots.acquire()
     let lease: Lease | undefined
     try {
       closing.throwIfAborted()
-      lease = await storage.lock(keys.orderLock(issuer.dir, name), {
+      lease = await storage.lock(keys.orderLock(issuers[0]!.issuer.dir, name), {
         timeoutMs: options.orderTimeoutMs,
         signal: closing,
       })
@@ -103,8 +110,9 @@ export class OrderRunner {
   }
 
   async #locked(entry: NameEntry, reason: OrderReason, lease: Lease): Promise<Outcome> {
-    const { storage, issuer, retries, journals, budget, clock, states, closing, options } = this.#d
+    const { storage, issuers, retries, journals, clock, states, closing, options } = this.#d
     const name = entry.name
+    const home = issuers[0]!.issuer.dir
     // Another process sharing this storage may have renewed (or failed) while we waited for the lock.
     if (reason !== 'manual' && (await this.#adoptStored(entry))) return { kind: 'adopted' }
     const priorRaw = await retries.raw(name).catch(() => undefined)
@@ -118,8 +126,14 @@ export class OrderRunner {
     if (!journal && reason !== 'manual' && retry && retry.nextAttemptAt > clock.now()) {
       return { kind: 'wait', next: 'retry', at: retry.nextAttemptAt }
     }
+    // An interrupted order is carried on with its own CA; a new one goes to the issuer the retry state names.
+    const ctx =
+      issuers.find(
+        (c) =>
+          journal !== undefined && c.issuer.directoryUrl === (journal.directoryUrl ?? issuers[0]!.issuer.directoryUrl),
+      ) ?? issuers[Math.min(retry?.issuer ?? 0, issuers.length - 1)]!
     if (!journal) {
-      const wait = await budget.take(clock.now(), closing)
+      const wait = await ctx.budget.take(clock.now(), closing)
       if (wait > 0) {
         const until = clock.now() + wait
         states.apply(entry, { to: 'deferred', reason: 'order budget used up', until })
@@ -133,29 +147,30 @@ export class OrderRunner {
     try {
       // ... and room for the certificate itself, much larger than that state: a reservation the size of a large
       // record, given back just before the certificate is written.
-      await storage.put(keys.reservation(issuer.dir, name), Buffer.alloc(RESERVATION_BYTES))
+      await storage.put(keys.reservation(home, name), Buffer.alloc(RESERVATION_BYTES))
       reserved = true
       const attempt = (retry?.failures ?? 0) + 1
       states.apply(entry, { to: 'ordering', reason: journal ? 'resume' : reason, attempt })
-      let account = await this.#d.accounts.ensure(signal)
+      let account = await ctx.accounts.ensure(signal)
       let issued: { keyPem: string; chainPem: string; orderUrl: string }
       try {
-        issued = await this.#obtain(entry, account, journal, signal)
+        issued = await this.#obtain(entry, ctx, account, journal, signal)
       } catch (err) {
         if ((err as CaFacts).problemType !== ACCOUNT_DOES_NOT_EXIST) throw err
         // The CA forgot the account, and with it any order of ours: register the same key again, order anew.
-        account = await this.#d.accounts.reRegister(account, signal)
+        account = await ctx.accounts.reRegister(account, signal)
         if (journal) await journals.remove(name)
         journal = undefined
-        issued = await this.#obtain(entry, account, undefined, signal)
+        issued = await this.#obtain(entry, ctx, account, undefined, signal)
       }
       const record = this.#record(name, issued)
       // Store first, then serve: a certificate we serve is always one we will find again after a restart. If storing
       // fails we still serve it (it is valid) and the error is logged; the retry state stays.
       try {
-        await storage.delete(keys.reservation(issuer.dir, name))
+        await storage.delete(keys.reservation(home, name))
         reserved = false
-        await storage.put(keys.certificate(issuer.dir, name), JSON.stringify(record))
+        // Under the issuing CA's folder: certificates stay keyed by directory URL.
+        await storage.put(keys.certificate(ctx.issuer.dir, name), JSON.stringify(record))
         await journals.remove(name)
         await retries.clear(name)
       } catch (err) {
@@ -164,7 +179,7 @@ export class OrderRunner {
           'fastify-acme: certificate issued but could not be stored; serving it from memory',
         )
       }
-      states.apply(entry, { to: 'issued', record })
+      states.apply(entry, { to: 'issued', record, issuer: ctx.index })
       return { kind: 'issued' }
     } catch (err) {
       if (closing.aborted || lease.lost.aborted) {
@@ -176,15 +191,15 @@ export class OrderRunner {
         this.#d.log.warn({ name, err: lease.lost.reason }, 'fastify-acme: storage lock lost; the order stopped')
         return { kind: 'abandoned', error: lease.lost.reason as Error, at: clock.now() + LOST_LOCK_RECHECK_MS }
       }
-      if (err instanceof OrderGone) return this.#interrupted(entry, retry, err.message)
+      if (err instanceof OrderGone) return this.#interrupted(entry, retry, err.message, ctx.index)
       const coded = timeout.aborted ? new ERR_ORDER_TIMEOUT(name, options.orderTimeoutMs, { cause: err }) : err
       // A validation verdict kills the order at the CA: nothing left to resume.
       if (factsOf(coded).validation || (coded as { code?: string }).code === 'FACME_NO_CHALLENGE') {
         await journals.remove(name).catch(() => {})
       }
-      return this.#failed(entry, coded, retry)
+      return this.#failed(entry, coded, retry, ctx.index)
     } finally {
-      if (reserved) await storage.delete(keys.reservation(issuer.dir, name)).catch(() => {})
+      if (reserved) await storage.delete(keys.reservation(home, name)).catch(() => {})
     }
   }
 
@@ -194,14 +209,16 @@ export class OrderRunner {
    */
   async #obtain(
     entry: NameEntry,
+    ctx: IssuerContext,
     account: AccountRecord,
     journal: OrderJournal | undefined,
     signal: AbortSignal,
   ): Promise<{ keyPem: string; chainPem: string; orderUrl: string }> {
-    const { journals, clock, log, options, responders, states, accounts } = this.#d
+    const { journals, clock, log, options, responders, states } = this.#d
+    const { accounts } = ctx
     const name = entry.name
     const names = [name]
-    const session = new AcmeSession(account, this.#d.issuer.eab, (step, detail) =>
+    const session = new AcmeSession(account, ctx.issuer.eab, (step, detail) =>
       log.info({ name, ...detail }, `fastify-acme: ${step}`),
     )
     const presenter = presenterFor(entry, options.challenges, responders, () => accounts.challengeKey(), states)
@@ -242,8 +259,14 @@ export class OrderRunner {
           `none of the challenge types ${options.challenges.join(', ')} can be answered by this server now`,
         )
       }
-      order = await this.#newOrder(entry, session, names, signal)
-      journal = { orderUrl: order.url, names, accountUrl: account.url, startedAt: clock.now() }
+      order = await this.#newOrder(entry, ctx, session, names, signal)
+      journal = {
+        orderUrl: order.url,
+        names,
+        accountUrl: account.url,
+        directoryUrl: ctx.issuer.directoryUrl,
+        startedAt: clock.now(),
+      }
       // Before any challenge is answered: from here on, a crash resumes this order.
       await this.#journal(name, journal)
     }
@@ -268,9 +291,15 @@ export class OrderRunner {
    * rate limits). A refusal of `replaces` (already replaced, conflict, not ours) is followed by one order without
    * it, never a loop.
    */
-  async #newOrder(entry: NameEntry, session: AcmeSession, names: string[], signal: AbortSignal): Promise<AcmeOrder> {
-    const { options, accounts, log } = this.#d
-    const directory = await accounts.directory(signal)
+  async #newOrder(
+    entry: NameEntry,
+    ctx: IssuerContext,
+    session: AcmeSession,
+    names: string[],
+    signal: AbortSignal,
+  ): Promise<AcmeOrder> {
+    const { options, log } = this.#d
+    const directory = await ctx.accounts.directory(signal)
     const extras: NewOrderExtras = {}
     if (options.profile !== undefined) {
       if (!Object.hasOwn(directory.profiles, options.profile)) {
@@ -278,7 +307,9 @@ export class OrderRunner {
       }
       extras.profile = options.profile
     }
-    const replaces = directory.renewalInfo && entry.record ? certIdOfRecord(entry.record) : undefined
+    // Only a renewal at the CA that issued the certificate names it.
+    const replaces =
+      directory.renewalInfo && entry.record && entry.issuer === ctx.index ? certIdOfRecord(entry.record) : undefined
     this.ordersSent++
     if (replaces === undefined) return session.newOrder(signal, names, extras)
     try {
@@ -333,22 +364,31 @@ export class OrderRunner {
 
   /** If storage holds a newer, not-yet-due certificate than ours (another process renewed it), serve that. */
   async #adoptStored(entry: NameEntry): Promise<boolean> {
-    const { storage, issuer, clock, states, maintenance } = this.#d
-    const record = parseRecord(await storage.get(keys.certificate(issuer.dir, entry.name)).catch(() => undefined))
-    if (!record || record.serial === entry.record?.serial) return false
-    try {
-      checkPair(entry.name, record.keyPem, record.chainPem)
-    } catch {
-      return false
+    const { storage, issuers, clock, states, maintenance } = this.#d
+    for (const ctx of issuers) {
+      const record = parseRecord(await storage.get(keys.certificate(ctx.issuer.dir, entry.name)).catch(() => undefined))
+      if (!record || record.serial === entry.record?.serial) continue
+      if (entry.record && Date.parse(record.notAfter) <= Date.parse(entry.record.notAfter)) continue
+      try {
+        checkPair(entry.name, record.keyPem, record.chainPem)
+      } catch {
+        continue
+      }
+      const probe = { ...entry, record, ari: undefined }
+      if (maintenance.renewAt(probe, () => 0).at <= clock.now()) continue
+      states.apply(entry, { to: 'adopted', record, issuer: ctx.index })
+      return true
     }
-    const probe = { ...entry, record, ari: undefined }
-    if (maintenance.renewAt(probe, () => 0).at <= clock.now()) return false
-    states.apply(entry, { to: 'adopted', record })
-    return true
+    return false
   }
 
   /** The interrupted order cannot be carried on: the interruption counts as the failure the retry state says. */
-  async #interrupted(entry: NameEntry, retry: RetryState | undefined, message: string): Promise<Outcome> {
+  async #interrupted(
+    entry: NameEntry,
+    retry: RetryState | undefined,
+    message: string,
+    issuer: number,
+  ): Promise<Outcome> {
     const { retries, clock, states } = this.#d
     const now = clock.now()
     const failures =
@@ -361,25 +401,50 @@ export class OrderRunner {
       lastError: error.message,
       lastErrorCode: error.code,
       lastErrorAt: now,
+      issuer,
+      issuerFailures: retry?.issuerFailures,
     }
     await retries.write(entry.name, state).catch(() => {})
     states.apply(entry, { to: 'failed', error, failures, nextAttemptAt: at })
     return { kind: 'wait', next: 'retry', at }
   }
 
-  async #failed(entry: NameEntry, err: unknown, retry: RetryState | undefined): Promise<Outcome> {
-    const { retries, clock, states, options, random, log } = this.#d
+  async #failed(entry: NameEntry, err: unknown, retry: RetryState | undefined, issuer = 0): Promise<Outcome> {
+    const { retries, clock, states, options, random, log, issuers } = this.#d
     const error = coded(entry.name, err)
     const failures = Math.max(entry.failures, retry?.failures ?? 0) + 1
     const facts = factsOf(error)
     const now = clock.now()
-    const at = now + nextAttemptDelay(failures, facts, options, random)
+    const next = nextIssuer(
+      issuers.length,
+      issuer,
+      (retry?.issuer === issuer ? (retry.issuerFailures ?? 0) : 0) + 1,
+      options.issuerAttempts,
+      lastingRefusal({ ...facts, code: error.code }),
+    )
+    // Moving on to another CA: this CA's Retry-After and backoff do not apply there; the shortest backoff does.
+    const moving = next.issuer !== issuer
+    const at =
+      now + (moving ? nextAttemptDelay(1, {}, options, random) : nextAttemptDelay(failures, facts, options, random))
+    if (moving) {
+      log.warn(
+        {
+          name: entry.name,
+          from: issuers[issuer]?.issuer.directoryUrl,
+          to: issuers[next.issuer]?.issuer.directoryUrl,
+          at: new Date(at).toISOString(),
+        },
+        'fastify-acme: the next attempt orders from the next issuer',
+      )
+    }
     const state: RetryState = {
       failures,
       nextAttemptAt: at,
       lastError: error.message,
       lastErrorCode: error.code,
       lastErrorAt: now,
+      issuer: next.issuer,
+      issuerFailures: next.failuresHere,
     }
     await retries.write(entry.name, state).catch((storeErr: Error) => {
       log.error({ name: entry.name, err: storeErr }, 'fastify-acme: could not persist the retry state')

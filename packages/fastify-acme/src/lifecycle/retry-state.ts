@@ -10,6 +10,9 @@ export interface RetryState {
   lastError: string
   lastErrorCode?: string | undefined
   lastErrorAt: number
+  /** The issuer (index in the list) the next attempt uses, and how many attempts failed with it in a row. */
+  issuer?: number | undefined
+  issuerFailures?: number | undefined
 }
 
 export interface RetryPolicy {
@@ -38,6 +41,8 @@ export function parseRetryState(raw: Buffer | undefined, policy: RetryPolicy): R
       lastError: 'interrupted: the process stopped during an order',
       lastErrorCode: 'FACME_INTERRUPTED',
       lastErrorAt: since,
+      issuer: typeof value.issuer === 'number' ? value.issuer : undefined,
+      issuerFailures: typeof value.issuerFailures === 'number' ? value.issuerFailures : undefined,
     }
   }
   if (typeof value.failures !== 'number' || typeof value.nextAttemptAt !== 'number') return undefined

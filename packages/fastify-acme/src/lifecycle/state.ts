@@ -42,6 +42,8 @@ export interface NameEntry {
   state: NameState
   /** The certificate served for the name, if any. */
   record: CertificateRecord | undefined
+  /** Which issuer (index in the list) the served certificate came from. */
+  issuer: number
   /** false: a sealed cached record served before its full check; true once checked (or issued here). */
   verified: boolean | undefined
   failures: number
@@ -63,6 +65,7 @@ export function newEntry(name: string): NameEntry {
     name,
     state: 'pending',
     record: undefined,
+    issuer: 0,
     verified: undefined,
     failures: 0,
     lastError: undefined,
@@ -77,7 +80,7 @@ export function newEntry(name: string): NameEntry {
 /** What can happen to a name. */
 export type Change =
   /** A cached certificate is served from start (`verified: false` when its full check is still to come). */
-  | { to: 'loaded'; record: CertificateRecord; verified: boolean; onUnusable: (err: Error) => void }
+  | { to: 'loaded'; record: CertificateRecord; issuer: number; verified: boolean; onUnusable: (err: Error) => void }
   /** Retry state found in storage at start. */
   | { to: 'restored'; failures: number; error: { message: string; code: string; at: number } }
   /** A served cached certificate failed its check. */
@@ -86,8 +89,8 @@ export type Change =
   | { to: 'corrected'; record: CertificateRecord }
   | { to: 'ordering'; reason: OrderReason; attempt: number }
   | { to: 'challenge'; type: ChallengeType }
-  | { to: 'issued'; record: CertificateRecord }
-  | { to: 'adopted'; record: CertificateRecord }
+  | { to: 'issued'; record: CertificateRecord; issuer: number }
+  | { to: 'adopted'; record: CertificateRecord; issuer: number }
   | { to: 'failed'; error: Error & { code: string }; failures: number; nextAttemptAt: number }
   | { to: 'deferred'; reason: string; until: number }
   /** Storage holds a higher failure count than memory (another process, or a state load() did not see). */
@@ -121,6 +124,7 @@ export class NameStates {
         // A context that cannot be built at the first handshake drops the name like a failed check.
         resolver.setLazy(name, { key: record.keyPem, cert: record.chainPem }, change.onUnusable)
         entry.record = record
+        entry.issuer = change.issuer
         entry.verified = change.verified
         if (!entry.running) entry.state = this.#servedState(record)
         // Per name at debug only: thousands of names would otherwise cost more in log lines than in loading.
@@ -181,6 +185,7 @@ export class NameStates {
         resolver.set(name, { key: record.keyPem, cert: record.chainPem })
         const renewal = entry.record !== undefined
         entry.record = record
+        entry.issuer = change.issuer
         entry.verified = true
         entry.state = 'valid'
         entry.failures = 0
