@@ -14,7 +14,7 @@ export const kHttp01 = Symbol.for('@autotls/fastify-acme.http01')
 export interface FastifyAcme {
   /** The SNI resolver serving this app's certificates (add manual pairs with resolver.set()). */
   readonly resolver: CertResolver
-  /** Managed names, canonical (lower case, punycode). */
+  /** Managed names, canonical (lower case, punycode): configured, added, and obtained on demand. */
   readonly names: readonly string[]
   readonly directoryUrl: string
   /** New orders sent to the CA by this process (an order resumed after a restart is not a new one). */
@@ -27,6 +27,13 @@ export interface FastifyAcme {
   issue(name: string): Promise<NameStatus>
   /** Resolves when a certificate for `name` is being served. */
   waitForCertificate(name: string): Promise<NameStatus>
+  /**
+   * Manages more names from now on (validated like `names`: FACME_INVALID_NAME): stored certificates are served at
+   * once, missing ones ordered under the same concurrency, budget and backoff rules. Resolves with their statuses.
+   */
+  add(names: string | readonly string[]): Promise<NameStatus[]>
+  /** Stops renewing and serving names; stored files are kept unless `deleteStored`. */
+  remove(names: string | readonly string[], options?: { deleteStored?: boolean }): Promise<void>
   on: AcmeEventEmitter['on']
   once: AcmeEventEmitter['once']
   off: AcmeEventEmitter['off']
@@ -40,12 +47,14 @@ export function createDecorator(
   events: AcmeEventEmitter,
   responder: TlsAlpnResponder,
   http01: Http01Tokens,
-  names: readonly string[],
   directoryUrl: string,
 ): FastifyAcme {
+  const list = (names: string | readonly string[]) => (typeof names === 'string' ? [names] : names)
   return {
     resolver,
-    names,
+    get names() {
+      return manager.names()
+    },
     directoryUrl,
     get ordersSent() {
       return manager.ordersSent
@@ -55,6 +64,8 @@ export function createDecorator(
     statuses: () => manager.statuses(),
     issue: (name) => manager.issueNow(name),
     waitForCertificate: (name) => manager.waitForCertificate(name),
+    add: (names) => manager.add(list(names)),
+    remove: (names, options) => manager.remove(list(names), options),
     on: (event, listener) => events.on(event, listener),
     once: (event, listener) => events.once(event, listener),
     off: (event, listener) => events.off(event, listener),

@@ -120,3 +120,22 @@ export const ERR_RENEWAL_INFO = createError<[string, string, Cause?]>(
   'fastify-acme: renewal information (ARI) for %s is unusable: %s; the ratio rule decides meanwhile',
   502,
 )
+export const ERR_ON_DEMAND_NO_POLICY = createError<[Cause?]>(
+  'FACME_ON_DEMAND_NO_POLICY',
+  'fastify-acme: `onDemand` needs a policy, or anyone could make this server order certificates for any name: give `onDemand.allow` (a function), `onDemand.ask` (a URL) or `onDemand.allowSuffixes`',
+)
+export const ERR_ON_DEMAND_DENIED = createError<[string, Cause?]>(
+  'FACME_ON_DEMAND_DENIED',
+  'fastify-acme: no certificate on demand for %s: the on-demand policy denied it',
+  403,
+)
+export const ERR_ON_DEMAND_LIMIT = createError<[string, string, Cause?]>(
+  'FACME_ON_DEMAND_LIMIT',
+  'fastify-acme: no certificate on demand for %s now: the %s limit is reached',
+  429,
+)
+export const ERR_ON_DEMAND_TIMEOUT = createError<[string, number, Cause?]>(
+  'FACME_ON_DEMAND_TIMEOUT',
+  'fastify-acme: the certificate for %s was not ready within %d ms; the handshake gave up (the order goes on)',
+  504,
+)

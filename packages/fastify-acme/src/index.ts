@@ -9,6 +9,7 @@ import { ERR_INVALID_OPTIONS, ERR_NOT_HTTPS, ERR_SERVER_NOT_WIRED } from './erro
 import { AcmeEventEmitter } from './events.js'
 import { Http01Tokens, tlsAlpnResponder } from './lifecycle/challenges.js'
 import { CertificateManager } from './lifecycle/manager.js'
+import { OnDemand } from './on-demand/index.js'
 import { type FastifyAcmeOptions, resolveOptions, systemClock } from './options.js'
 import { wiringOf } from './server.js'
 import { FileStorage } from './storage/file.js'
@@ -51,8 +52,13 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
   })
   fastify.decorate(
     'acme',
-    createDecorator(manager, wiring.resolver, events, wiring.responder, http01, options.names, options.directoryUrl),
+    createDecorator(manager, wiring.resolver, events, wiring.responder, http01, options.directoryUrl),
   )
+  if (options.onDemand) {
+    const onDemand = new OnDemand({ options: options.onDemand, manager, resolver: wiring.resolver, events, log })
+    wiring.resolver.setUnknownNameHandler(onDemand.handler)
+    fastify.addHook('preClose', async () => wiring.resolver.setUnknownNameHandler(undefined))
+  }
   // Cached certificates are served from the first handshake, before any CA contact.
   await manager.load()
   fastify.addHook('onListen', async () => {

@@ -2,7 +2,7 @@
 // resolveOptions() turns user input into a fully-defaulted, canonical ResolvedOptions or throws a FACME_* error.
 import { type Static, Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
-import { ERR_DIRECTORY_REQUIRED, ERR_INVALID_OPTIONS, ERR_TOS_NOT_AGREED } from './errors.js'
+import { ERR_DIRECTORY_REQUIRED, ERR_INVALID_OPTIONS, ERR_ON_DEMAND_NO_POLICY, ERR_TOS_NOT_AGREED } from './errors.js'
 import { canonicalName } from './names.js'
 import type { Storage } from './storage/index.js'
 
@@ -42,7 +42,7 @@ export const DEFAULT_ISSUER_ATTEMPTS = 2
 export const AcmeOptionsSchema = Type.Object(
   {
     names: Type.Array(Type.String({ minLength: 1, maxLength: 253 }), {
-      minItems: 1,
+      minItems: 0,
       description: 'DNS names to manage; each gets its own certificate. IDNs are converted to punycode.',
     }),
     directory: Type.Optional(
@@ -124,6 +124,53 @@ export const AcmeOptionsSchema = Type.Object(
           "ACME certificate profile to order (e.g. Let's Encrypt's 'tlsserver' or 'shortlived'); checked against the profiles the CA advertises, never sent to a CA that does not",
       }),
     ),
+    onDemand: Type.Optional(
+      Type.Object(
+        {
+          ask: Type.Optional(
+            Type.String({
+              pattern: '^https?://',
+              description:
+                'Asked GET <ask>?domain=<name> before a new name gets a certificate: 2xx allows, anything else denies',
+            }),
+          ),
+          allowSuffixes: Type.Optional(
+            Type.Array(Type.String({ pattern: '^\\*\\.[A-Za-z0-9.-]+$' }), {
+              description: "Names allowed without asking, e.g. ['*.customers.example.com']",
+            }),
+          ),
+          allowTtlMs: Type.Optional(
+            Type.Integer({ minimum: 0, description: 'How long an allow is remembered (default 1 h)' }),
+          ),
+          denyTtlMs: Type.Optional(
+            Type.Integer({ minimum: 0, description: 'How long a denial is remembered (default 10 min)' }),
+          ),
+          askTimeoutMs: Type.Optional(Type.Integer({ minimum: 100, description: 'Timeout of one ask (default 10 s)' })),
+          handshakeTimeoutMs: Type.Optional(
+            Type.Integer({
+              minimum: 100,
+              description: 'How long a first handshake waits for its certificate (default 30 s)',
+            }),
+          ),
+          maxConcurrentOrders: Type.Optional(
+            Type.Integer({ minimum: 1, description: 'On-demand orders at once (default 4)' }),
+          ),
+          ordersPerMinute: Type.Optional(
+            Type.Integer({ minimum: 1, description: 'New on-demand orders per minute (default 10)' }),
+          ),
+          ordersPerMinutePerClient: Type.Optional(
+            Type.Integer({ minimum: 1, description: 'New on-demand orders per minute per client address (default 3)' }),
+          ),
+          maxCertificates: Type.Optional(
+            Type.Integer({ minimum: 1, description: 'Certificates obtained on demand, at most (default 1000)' }),
+          ),
+        },
+        {
+          additionalProperties: false,
+          description: 'Certificates for names that arrive in handshakes (on-demand TLS)',
+        },
+      ),
+    ),
     issueOnStart: Type.Optional(
       Type.Boolean({ description: 'Order missing certificates when the server starts listening (default true)' }),
     ),
@@ -134,7 +181,12 @@ export const AcmeOptionsSchema = Type.Object(
 export type AcmeOptionsData = Static<typeof AcmeOptionsSchema>
 
 /** Options accepted by the plugin: the schema's data plus objects that are not data. */
-export interface FastifyAcmeOptions extends AcmeOptionsData {
+export interface FastifyAcmeOptions extends Omit<AcmeOptionsData, 'onDemand'> {
+  /** On-demand TLS: the data options of the schema, plus a decision function. */
+  onDemand?: NonNullable<AcmeOptionsData['onDemand']> & {
+    /** Decides whether `name` may get a certificate (after the cheap checks and the static suffix rules). */
+    allow?: (name: string, context: { remoteAddress: string | undefined }) => boolean | Promise<boolean>
+  }
   /** Storage backend; default: a FileStorage in `cacheDir`. */
   storage?: Storage
   /** Clock used for scheduling; tests pass a controllable one. */
@@ -180,6 +232,21 @@ export interface ResolvedOptions {
   rateLimit: { orders: number; windowMs: number }
   issueOnStart: boolean
   profile: string | undefined
+  onDemand: ResolvedOnDemand | undefined
+}
+
+export interface ResolvedOnDemand {
+  allow: ((name: string, context: { remoteAddress: string | undefined }) => boolean | Promise<boolean>) | undefined
+  ask: string | undefined
+  allowSuffixes: string[]
+  allowTtlMs: number
+  denyTtlMs: number
+  askTimeoutMs: number
+  handshakeTimeoutMs: number
+  maxConcurrentOrders: number
+  ordersPerMinute: number
+  ordersPerMinutePerClient: number
+  maxCertificates: number
 }
 
 function resolveDirectory(directory: string | undefined): string {
@@ -202,6 +269,15 @@ function resolveDirectory(directory: string | undefined): string {
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input === null || typeof input !== 'object') throw new ERR_INVALID_OPTIONS('options must be an object')
   const { storage: _storage, clock: _clock, ...data } = input as Record<string, unknown>
+  // The decision function is not data: checked here, the rest of onDemand by the schema.
+  let allow: ResolvedOnDemand['allow']
+  if (data['onDemand'] !== null && typeof data['onDemand'] === 'object') {
+    const { allow: given, ...onDemandData } = data['onDemand'] as Record<string, unknown>
+    if (given !== undefined && typeof given !== 'function')
+      throw new ERR_INVALID_OPTIONS('onDemand.allow must be a function')
+    allow = given as ResolvedOnDemand['allow']
+    data['onDemand'] = onDemandData
+  }
   // Checked before the schema so that a missing directory or ToS gets its own, more helpful code.
   if (data['directory'] === undefined && data['issuers'] === undefined) throw new ERR_DIRECTORY_REQUIRED()
   if (data['directory'] !== undefined && data['issuers'] !== undefined) {
@@ -219,6 +295,28 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   }
   const opts = data as AcmeOptionsData
   const names = [...new Set(opts.names.map(canonicalName))]
+  if (names.length === 0 && opts.onDemand === undefined) {
+    throw new ERR_INVALID_OPTIONS('names: give at least one name (or enable onDemand)')
+  }
+  let onDemand: ResolvedOnDemand | undefined
+  if (opts.onDemand) {
+    const d = opts.onDemand
+    if (allow === undefined && d.ask === undefined && (d.allowSuffixes ?? []).length === 0)
+      throw new ERR_ON_DEMAND_NO_POLICY()
+    onDemand = {
+      allow,
+      ask: d.ask,
+      allowSuffixes: d.allowSuffixes ?? [],
+      allowTtlMs: d.allowTtlMs ?? 3600_000,
+      denyTtlMs: d.denyTtlMs ?? 600_000,
+      askTimeoutMs: d.askTimeoutMs ?? 10_000,
+      handshakeTimeoutMs: d.handshakeTimeoutMs ?? 30_000,
+      maxConcurrentOrders: d.maxConcurrentOrders ?? 4,
+      ordersPerMinute: d.ordersPerMinute ?? 10,
+      ordersPerMinutePerClient: d.ordersPerMinutePerClient ?? 3,
+      maxCertificates: d.maxCertificates ?? 1000,
+    }
+  }
   const caRoots = opts.caRoots === undefined ? [] : Array.isArray(opts.caRoots) ? opts.caRoots : [opts.caRoots]
   for (const pem of caRoots) {
     if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ERR_INVALID_OPTIONS('caRoots: each entry must be PEM')
@@ -256,5 +354,6 @@ export function resolveOptions(input: unknown): ResolvedOptions {
     rateLimit: opts.rateLimit ?? { orders: DEFAULT_RATE_LIMIT_ORDERS, windowMs: DEFAULT_RATE_LIMIT_WINDOW_MS },
     issueOnStart: opts.issueOnStart ?? true,
     profile: opts.profile,
+    onDemand,
   }
 }

@@ -19,10 +19,20 @@ interface Entry {
 
 export type SniCallback = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void
 
+/**
+ * Asked for a name the resolver has no certificate for (on-demand TLS): resolves with the certificate to serve, or
+ * rejects to fail the handshake. Returns undefined to decline at once (the fallback, or a failed handshake, follows).
+ */
+export type UnknownNameHandler = (
+  servername: string,
+  remoteAddress: string | undefined,
+) => Promise<KeyCertPair> | undefined
+
 export class CertResolver {
   readonly #certs = new Map<string, Entry>()
   readonly #challenges = new Map<string, SecureContext>()
   #fallback: Entry | undefined
+  #unknown: UnknownNameHandler | undefined
   /** Counts handshakes answered per outcome; cheap integers, read by the status decorator and benchmarks. */
   readonly stats = { hits: 0, misses: 0, contextsBuilt: 0, contextsFailed: 0 }
 
@@ -83,7 +93,7 @@ export class CertResolver {
    * Synchronous lookup used by SNICallback: the name's own entry, else a `*.parent` entry (one label, as certificate
    * wildcards match), else the fallback; undefined means "no certificate for this name".
    */
-  lookup(servername: string): SecureContext | undefined {
+  lookup(servername: string, withFallback = true): SecureContext | undefined {
     const name = normalizeServerName(servername)
     let key = name
     let entry = this.#certs.get(name)
@@ -94,8 +104,9 @@ export class CertResolver {
         entry = this.#certs.get(key)
       }
     }
-    if (entry !== undefined && entry.context === undefined && !this.#build(key, entry)) return this.lookup(servername)
-    entry ??= this.#fallback
+    if (entry !== undefined && entry.context === undefined && !this.#build(key, entry))
+      return this.lookup(servername, withFallback)
+    if (withFallback) entry ??= this.#fallback
     if (entry === undefined) {
       this.stats.misses++
       return undefined
@@ -119,15 +130,39 @@ export class CertResolver {
     }
   }
 
-  /** SNICallback for the public TLS server. */
-  readonly sni: SniCallback = (servername, cb) => {
-    const ctx = this.lookup(servername)
-    if (ctx === undefined) {
-      cb(new Error(`no certificate for server name ${JSON.stringify(servername).slice(0, 300)}`))
-      return
-    }
-    cb(null, ctx)
+  /** Sets (or clears) who is asked about names without a certificate (on-demand TLS). */
+  setUnknownNameHandler(handler: UnknownNameHandler | undefined): void {
+    this.#unknown = handler
   }
+
+  /**
+   * SNICallback for the public TLS server (Node calls it with the TLS socket as `this`). A known name is answered
+   * at once; only a name without a certificate, with an unknown-name handler set, waits for the handler.
+   */
+  readonly sni: SniCallback = (() => {
+    const resolver = this
+    return function sni(this: { remoteAddress?: string } | undefined, servername, cb) {
+      const ctx = resolver.lookup(servername, resolver.#unknown === undefined)
+      if (ctx !== undefined) {
+        cb(null, ctx)
+        return
+      }
+      const pending = resolver.#unknown?.(servername, this?.remoteAddress)
+      if (pending === undefined) {
+        const fallback = resolver.#unknown === undefined ? undefined : resolver.#fallback?.context
+        if (fallback) cb(null, fallback)
+        else cb(new Error(`no certificate for server name ${JSON.stringify(servername).slice(0, 300)}`))
+        return
+      }
+      pending.then(
+        (pair) => {
+          const built = resolver.lookup(servername, false)
+          cb(null, built ?? createSecureContext({ key: pair.key, cert: pair.cert }))
+        },
+        (err: Error) => cb(err),
+      )
+    } as SniCallback
+  })()
 
   // --- TLS-ALPN-01 challenge certificates -------------------------------------------------------------------
 

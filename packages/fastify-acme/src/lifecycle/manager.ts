@@ -8,10 +8,10 @@ import { trustRoots } from '../acme.js'
 import type { CertificateRecord } from '../certificate.js'
 import { ERR_CLOSED, ERR_UNKNOWN_NAME } from '../errors.js'
 import type { AcmeEventEmitter, OrderReason } from '../events.js'
-import { normalizeServerName } from '../names.js'
+import { canonicalName, normalizeServerName } from '../names.js'
 import type { Clock, ResolvedOptions } from '../options.js'
 import type { CertResolver } from '../resolver.js'
-import type { Storage } from '../storage/index.js'
+import { keys, type Storage } from '../storage/index.js'
 import { AccountKeeper } from './account.js'
 import { AriStates } from './ari.js'
 import { AriPoller } from './ari-poller.js'
@@ -143,11 +143,41 @@ export class CertificateManager {
   /** Loads cached certificates, retry states and orders in flight; serves usable certificates. Never contacts the CA. */
   async load(): Promise<void> {
     const started = performance.now()
+    // Certificates obtained on demand by earlier runs are stored, loaded and renewed like the configured names.
+    if (this.#o.onDemand) {
+      for (const name of await this.#storedNames()) {
+        if (!this.#entries.has(name)) this.#track(name).onDemand = true
+      }
+    }
+    const counts = await this.#loadNames([...this.#entries.keys()])
+    this.#log.info(
+      { names: this.#entries.size, ...counts, ms: Math.round(performance.now() - started) },
+      'fastify-acme: cached certificates loaded',
+    )
+  }
+
+  /** The names with a stored certificate, under any issuer. */
+  async #storedNames(): Promise<Set<string>> {
+    const names = new Set<string>()
+    for (const ctx of this.#issuers) {
+      const prefix = keys.certificates(ctx.issuer.dir)
+      const found = await this.#storage.list(prefix).catch(() => [] as string[])
+      for (const key of found) {
+        const file = key.slice(prefix.length)
+        if (file.endsWith('.json') && !file.includes('/')) names.add(file.slice(0, -'.json'.length))
+      }
+    }
+    return names
+  }
+
+  /** Reads what storage holds for `names` (tracked already), serves usable certificates and plans each name. */
+  async #loadNames(
+    names: string[],
+  ): Promise<{ loaded: number; expired: number; unchecked: number; resumable: number }> {
     let loaded = 0
     let expired = 0
     let unchecked = 0
     let resumable = 0
-    const names = [...this.#entries.keys()]
     // Certificates from the other issuers (a name served by the second CA after the first failed): the newest wins.
     const elsewhere = new Map<string, { found: CachedName; issuer: number }>()
     for (const ctx of this.#issuers.slice(1)) {
@@ -212,10 +242,94 @@ export class CertificateManager {
         this.#maintenance.plan(entry, { retry: found.retry, orderInFlight: found.orderInFlight })
       }
     }
-    this.#log.info(
-      { names: this.#entries.size, loaded, expired, unchecked, resumable, ms: Math.round(performance.now() - started) },
-      'fastify-acme: cached certificates loaded',
-    )
+    return { loaded, expired, unchecked, resumable }
+  }
+
+  /** Every managed name. */
+  names(): string[] {
+    return [...this.#entries.keys()]
+  }
+
+  /** True when `name` is managed (configured, added, or obtained on demand). */
+  has(name: string): boolean {
+    return this.#entries.has(normalizeServerName(name))
+  }
+
+  /** Names obtained on demand (for the on-demand certificate cap). */
+  get onDemandCount(): number {
+    let count = 0
+    for (const entry of this.#entries.values()) if (entry.onDemand) count++
+    return count
+  }
+
+  /**
+   * Manages more names from now on: what storage holds for them is served, missing certificates are ordered at once,
+   * under the same concurrency, budget and backoff rules as the configured names. Names already managed are left
+   * as they are. Throws FACME_INVALID_NAME (nothing added) when a name is not one a CA can issue for.
+   */
+  async add(names: readonly string[], options: { onDemand?: boolean } = {}): Promise<NameStatus[]> {
+    const canonical = [...new Set(names.map(canonicalName))]
+    if (this.#abort.signal.aborted) throw new ERR_CLOSED()
+    const fresh = canonical.filter((name) => !this.#entries.has(name)).map((name) => this.#track(name))
+    for (const entry of fresh) entry.onDemand = options.onDemand === true
+    await this.#loadNames(fresh.map((e) => e.name))
+    for (const entry of fresh) {
+      if (entry.next === undefined && !entry.record) this.#maintenance.plan(entry)
+      if (this.#started && entry.next && this.#entries.get(entry.name) === entry) {
+        this.#maintenance.set(entry, entry.next.kind, entry.next.at, entry.next.source)
+        if (entry.record)
+          this.#issuers[entry.issuer]!.ari.schedule(entry.name, entry.ari?.nextPollAt ?? this.#clock.now())
+      }
+    }
+    if (fresh.length > 0)
+      this.#log.info(
+        { names: fresh.map((e) => e.name), onDemand: options.onDemand === true },
+        'fastify-acme: names added',
+      )
+    return canonical.map((name) => statusOf(this.#entries.get(name)!))
+  }
+
+  /**
+   * Stops managing names: no more renewals, no longer served. Stored files are kept (a later add() serves them at
+   * once) unless `deleteStored`. An order in flight for a removed name finishes, and its certificate is stored but
+   * not served.
+   */
+  async remove(names: readonly string[], options: { deleteStored?: boolean } = {}): Promise<void> {
+    const canonical = [...new Set(names.map((n) => normalizeServerName(n)))]
+    const removed: string[] = []
+    for (const name of canonical) {
+      const entry = this.#entries.get(name)
+      if (!entry) continue
+      this.#entries.delete(name)
+      this.#maintenance.clear(entry)
+      for (const ctx of this.#issuers) ctx.ari.cancel(name)
+      this.#states.apply(entry, { to: 'removed' })
+      for (const w of entry.waiters.splice(0)) w.reject(new ERR_UNKNOWN_NAME(name))
+      // An order running for it installs its certificate when it ends: take it out again then.
+      void entry.running?.then(() => {
+        if (!this.#entries.has(name)) this.#states.apply(entry, { to: 'removed' })
+      })
+      removed.push(name)
+      if (options.deleteStored) {
+        for (const ctx of this.#issuers) {
+          const dir = ctx.issuer.dir
+          for (const key of [
+            keys.certificate(dir, name),
+            keys.state(dir, name),
+            keys.order(dir, name),
+            keys.renewalInfo(dir, name),
+          ]) {
+            await this.#storage
+              .delete(key)
+              .catch((err: Error) =>
+                this.#log.error({ name, key, err }, 'fastify-acme: could not delete a stored file of a removed name'),
+              )
+          }
+        }
+      }
+    }
+    if (removed.length > 0)
+      this.#log.info({ names: removed, deleteStored: options.deleteStored === true }, 'fastify-acme: names removed')
   }
 
   /**

@@ -42,6 +42,8 @@ export interface NameEntry {
   state: NameState
   /** The certificate served for the name, if any. */
   record: CertificateRecord | undefined
+  /** Obtained on demand (counts against the on-demand certificate cap). */
+  onDemand: boolean
   /** Which issuer (index in the list) the served certificate came from. */
   issuer: number
   /** false: a sealed cached record served before its full check; true once checked (or issued here). */
@@ -65,6 +67,7 @@ export function newEntry(name: string): NameEntry {
     name,
     state: 'pending',
     record: undefined,
+    onDemand: false,
     issuer: 0,
     verified: undefined,
     failures: 0,
@@ -95,6 +98,8 @@ export type Change =
   | { to: 'deferred'; reason: string; until: number }
   /** Storage holds a higher failure count than memory (another process, or a state load() did not see). */
   | { to: 'restored-failures'; failures: number }
+  /** The name is no longer managed: not served any more. */
+  | { to: 'removed' }
   /** An order ended without a result of its own (closed, lock lost): the state before it comes back. */
   | { to: 'idle' }
 
@@ -231,6 +236,11 @@ export class NameStates {
       }
       case 'idle': {
         entry.state = entry.record ? this.#servedState(entry.record) : entry.failures > 0 ? 'error' : 'pending'
+        return
+      }
+      case 'removed': {
+        resolver.delete(name)
+        log.debug({ name }, 'fastify-acme: name no longer managed')
         return
       }
       case 'restored-failures': {
