@@ -450,7 +450,10 @@ async function pollUntilValid<T extends acme.Order | acme.Authorization>(
 
 /** A challenge to make answerable before the CA validates it. */
 export interface ChallengeToPresent {
+  /** The identifier validated: `example.com` (also for `*.example.com`, see `wildcard`). */
   name: string
+  /** The authorization is for the wildcard `*.<name>` (DNS-01 only). */
+  wildcard?: boolean
   type: ChallengeType
   token: string
   keyAuthorization: string
@@ -466,7 +469,8 @@ export interface ChallengePresenter {
   readonly types: readonly ChallengeType[]
   /** The RSA key of TLS-ALPN-01 challenge certificates; awaited only when such a challenge is presented. */
   readonly challengeKey: Promise<string>
-  present(challenge: ChallengeToPresent): void | Promise<void>
+  /** Makes the challenge answerable (for DNS-01: the record is published and has propagated). */
+  present(challenge: ChallengeToPresent, signal: AbortSignal): void | Promise<void>
   remove(challenge: ChallengeToPresent): void | Promise<void>
 }
 
@@ -552,6 +556,8 @@ export class AcmeSession {
       await Promise.all(authzs.map((authz) => this.#completeAuthorization(signal, authz, presenter)))
     } catch (err) {
       if (stoppedByUs(signal)) throw err
+      // Whatever happens below, the order cannot be completed any more: nothing to resume.
+      if (err !== null && typeof err === 'object') (err as { orderDead?: boolean }).orderDead = true
       // One that failed validation is already invalid and the CA refuses to deactivate it, which is fine.
       await Promise.all(
         authzs
@@ -612,11 +618,14 @@ export class AcmeSession {
     }
     const keyAuthorization = await this.#client.getChallengeKeyAuthorization(challenge)
     const presented: ChallengeToPresent = { name, type, token: challenge.token, keyAuthorization }
+    if (authz.wildcard) presented.wildcard = true
     if (type === 'tls-alpn-01') {
       presented.tlsAlpn = await tlsAlpnCertificate(name, keyAuthorization, await presenter.challengeKey)
     }
-    await presenter.present(presented)
     try {
+      // Inside the try: a presentation that fails half way (a DNS record written, its propagation timed out) is
+      // removed like one the CA validated.
+      await presenter.present(presented, signal)
       // A resumed order may find its challenge already being validated: then only wait for the verdict.
       if (challenge.status === 'pending') {
         await call(signal, `${type} challenge for ${name}`, () => this.#client.completeChallenge(challenge))

@@ -7,7 +7,7 @@ import fp from 'fastify-plugin'
 import { createDecorator, type FastifyAcme } from './decorator.js'
 import { ERR_INVALID_OPTIONS, ERR_NOT_HTTPS, ERR_SERVER_NOT_WIRED } from './errors.js'
 import { AcmeEventEmitter } from './events.js'
-import { Http01Tokens, tlsAlpnResponder } from './lifecycle/challenges.js'
+import { dns01Responder, Http01Tokens, tlsAlpnResponder } from './lifecycle/challenges.js'
 import { CertificateManager } from './lifecycle/manager.js'
 import { OnDemand } from './on-demand/index.js'
 import { type FastifyAcmeOptions, resolveOptions, systemClock } from './options.js'
@@ -48,7 +48,11 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
     clock: rawOptions.clock ?? systemClock,
     log,
     events,
-    responders: [tlsAlpnResponder(wiring.resolver, server), http01],
+    responders: [
+      tlsAlpnResponder(wiring.resolver, server),
+      http01,
+      ...(options.dns01 ? [dns01Responder(options.dns01)] : []),
+    ],
   })
   fastify.decorate(
     'acme',

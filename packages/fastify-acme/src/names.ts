@@ -27,15 +27,20 @@ export function normalizeServerName(name: string): string {
  * Validates a name given in the options and returns its canonical form (IDN converted to punycode).
  * Throws FACME_INVALID_NAME with the reason; TLS-ALPN-01 and HTTP-01 cannot validate IP addresses nor wildcards.
  */
-export function canonicalName(input: string): string {
+export function canonicalName(input: string, options: { wildcard?: boolean } = {}): string {
   if (typeof input !== 'string' || input.length === 0) throw new ERR_INVALID_NAME(JSON.stringify(input), 'empty')
+  // `*.example.com`: one wildcard label, first, only with DNS-01 (the only challenge a CA accepts for it).
+  if (options.wildcard && input.trim().startsWith('*.')) return `*.${canonicalName(input.trim().slice(2))}`
   const trimmed = input.trim()
   const bare = trimmed.startsWith('[') && trimmed.endsWith(']') ? trimmed.slice(1, -1) : trimmed
   if (isIP(bare) !== 0) {
     throw new ERR_INVALID_NAME(input, 'IP addresses cannot be validated with TLS-ALPN-01 or HTTP-01; use a DNS name')
   }
   if (trimmed.includes('*')) {
-    throw new ERR_INVALID_NAME(input, 'wildcard names need the DNS-01 challenge, which this plugin does not offer')
+    throw new ERR_INVALID_NAME(
+      input,
+      'a wildcard name needs the DNS-01 challenge: configure `dns01` (a DNS provider); only `*.` as the first label is allowed',
+    )
   }
   // domainToASCII parses a URL host: it would silently drop '/path', ':port' or '%' escapes. Refuse any ASCII
   // byte that cannot be in a DNS name before it gets the chance.

@@ -2,6 +2,7 @@
 // resolveOptions() turns user input into a fully-defaulted, canonical ResolvedOptions or throws a FACME_* error.
 import { type Static, Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import type { DnsProvider } from './challenges/dns-01/provider.js'
 import { ERR_DIRECTORY_REQUIRED, ERR_INVALID_OPTIONS, ERR_ON_DEMAND_NO_POLICY, ERR_TOS_NOT_AGREED } from './errors.js'
 import { canonicalName } from './names.js'
 import type { Storage } from './storage/index.js'
@@ -26,7 +27,11 @@ export const KeyTypeSchema = Type.Union(
 )
 export type KeyType = Static<typeof KeyTypeSchema>
 
-export const ChallengeTypeSchema = Type.Union([Type.Literal('tls-alpn-01'), Type.Literal('http-01')])
+export const ChallengeTypeSchema = Type.Union([
+  Type.Literal('tls-alpn-01'),
+  Type.Literal('http-01'),
+  Type.Literal('dns-01'),
+])
 export type ChallengeType = Static<typeof ChallengeTypeSchema>
 
 const EabSchema = Type.Object(
@@ -41,10 +46,17 @@ export const DEFAULT_ISSUER_ATTEMPTS = 2
 
 export const AcmeOptionsSchema = Type.Object(
   {
-    names: Type.Array(Type.String({ minLength: 1, maxLength: 253 }), {
-      minItems: 0,
-      description: 'DNS names to manage; each gets its own certificate. IDNs are converted to punycode.',
-    }),
+    names: Type.Array(
+      Type.Union([
+        Type.String({ minLength: 1, maxLength: 253 }),
+        Type.Array(Type.String({ minLength: 1, maxLength: 253 }), { minItems: 1, maxItems: 100 }),
+      ]),
+      {
+        minItems: 0,
+        description:
+          "DNS names to manage; each gets its own certificate, and a list of names (e.g. ['example.com', '*.example.com']) one certificate for all of them. IDNs are converted to punycode; wildcards need DNS-01.",
+      },
+    ),
     directory: Type.Optional(
       Type.String({
         minLength: 1,
@@ -124,6 +136,36 @@ export const AcmeOptionsSchema = Type.Object(
           "ACME certificate profile to order (e.g. Let's Encrypt's 'tlsserver' or 'shortlived'); checked against the profiles the CA advertises, never sent to a CA that does not",
       }),
     ),
+    dns01: Type.Optional(
+      Type.Object(
+        {
+          resolvers: Type.Optional(
+            Type.Array(Type.String({ minLength: 1 }), {
+              description:
+                "Recursive resolvers ('host' or 'host:port') for the propagation check; default the system's",
+            }),
+          ),
+          propagationTimeoutMs: Type.Optional(
+            Type.Integer({
+              minimum: 100,
+              description: 'How long to wait for every authoritative server (default 120 s)',
+            }),
+          ),
+          propagationIntervalMs: Type.Optional(
+            Type.Integer({ minimum: 10, description: 'Between checks (default 2 s)' }),
+          ),
+          nameserverPort: Type.Optional(
+            Type.Integer({ minimum: 1, maximum: 65535, description: 'Port of the authoritative servers (default 53)' }),
+          ),
+          followCname: Type.Optional(
+            Type.Boolean({
+              description: 'Follow a CNAME on _acme-challenge.<name> (delegated validation; default true)',
+            }),
+          ),
+        },
+        { additionalProperties: false, description: 'DNS-01 options; the provider itself is `dns01.provider`' },
+      ),
+    ),
     onDemand: Type.Optional(
       Type.Object(
         {
@@ -181,7 +223,9 @@ export const AcmeOptionsSchema = Type.Object(
 export type AcmeOptionsData = Static<typeof AcmeOptionsSchema>
 
 /** Options accepted by the plugin: the schema's data plus objects that are not data. */
-export interface FastifyAcmeOptions extends Omit<AcmeOptionsData, 'onDemand'> {
+export interface FastifyAcmeOptions extends Omit<AcmeOptionsData, 'onDemand' | 'dns01'> {
+  /** DNS-01: the provider that creates and removes TXT records, and the propagation check's options. */
+  dns01?: NonNullable<AcmeOptionsData['dns01']> & { provider: DnsProvider }
   /** On-demand TLS: the data options of the schema, plus a decision function. */
   onDemand?: NonNullable<AcmeOptionsData['onDemand']> & {
     /** Decides whether `name` may get a certificate (after the cheap checks and the static suffix rules). */
@@ -212,7 +256,11 @@ export interface ResolvedIssuer {
 }
 
 export interface ResolvedOptions {
+  /** One per certificate: the certificate's first name (its key in storage and status). */
   names: string[]
+  /** The names of certificates that cover more than their first name. */
+  groups: Record<string, string[]>
+  dns01: ResolvedDns01 | undefined
   /** The first issuer's directory. */
   directoryUrl: string
   /** Every CA to order from, in order (one unless `issuers` was given). */
@@ -233,6 +281,15 @@ export interface ResolvedOptions {
   issueOnStart: boolean
   profile: string | undefined
   onDemand: ResolvedOnDemand | undefined
+}
+
+export interface ResolvedDns01 {
+  provider: DnsProvider
+  resolvers: string[] | undefined
+  propagationTimeoutMs: number | undefined
+  propagationIntervalMs: number | undefined
+  nameserverPort: number | undefined
+  followCname: boolean
 }
 
 export interface ResolvedOnDemand {
@@ -269,6 +326,17 @@ function resolveDirectory(directory: string | undefined): string {
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input === null || typeof input !== 'object') throw new ERR_INVALID_OPTIONS('options must be an object')
   const { storage: _storage, clock: _clock, ...data } = input as Record<string, unknown>
+  // The DNS provider is not data either.
+  let dnsProvider: DnsProvider | undefined
+  if (data['dns01'] !== null && typeof data['dns01'] === 'object') {
+    const { provider, ...dnsData } = data['dns01'] as Record<string, unknown>
+    const p = provider as Partial<DnsProvider> | undefined
+    if (typeof p?.present !== 'function' || typeof p.cleanup !== 'function') {
+      throw new ERR_INVALID_OPTIONS('dns01.provider must implement present() and cleanup()')
+    }
+    dnsProvider = p as DnsProvider
+    data['dns01'] = dnsData
+  }
   // The decision function is not data: checked here, the rest of onDemand by the schema.
   let allow: ResolvedOnDemand['allow']
   if (data['onDemand'] !== null && typeof data['onDemand'] === 'object') {
@@ -294,7 +362,20 @@ export function resolveOptions(input: unknown): ResolvedOptions {
     throw new ERR_INVALID_OPTIONS(`${where}: ${first?.message ?? 'does not match the schema'}`)
   }
   const opts = data as AcmeOptionsData
-  const names = [...new Set(opts.names.map(canonicalName))]
+  const wildcard = { wildcard: dnsProvider !== undefined }
+  const groups: Record<string, string[]> = {}
+  const names: string[] = []
+  const seen = new Set<string>()
+  for (const given of opts.names) {
+    const sans = [...new Set((typeof given === 'string' ? [given] : given).map((n) => canonicalName(n, wildcard)))]
+    const key = sans[0]!
+    for (const san of sans) {
+      if (seen.has(san)) throw new ERR_INVALID_OPTIONS(`names: ${san} appears twice (one certificate per name)`)
+      seen.add(san)
+    }
+    names.push(key)
+    if (sans.length > 1) groups[key] = sans
+  }
   if (names.length === 0 && opts.onDemand === undefined) {
     throw new ERR_INVALID_OPTIONS('names: give at least one name (or enable onDemand)')
   }
@@ -335,15 +416,34 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   if (new Set(issuers.map((i) => i.directoryUrl)).size !== issuers.length) {
     throw new ERR_INVALID_OPTIONS('issuers: each directory may appear once')
   }
+  const challenges = opts.challenges ?? (dnsProvider ? ['dns-01' as const] : [...DEFAULT_CHALLENGES])
+  if (challenges.includes('dns-01') && !dnsProvider) {
+    throw new ERR_INVALID_OPTIONS('challenges: dns-01 needs `dns01.provider` (a DNS provider)')
+  }
+  if ([...seen].some((n) => n.startsWith('*.')) && !challenges.includes('dns-01')) {
+    throw new ERR_INVALID_OPTIONS('challenges: a wildcard name needs dns-01 among the challenges')
+  }
+  const d = opts.dns01
   return {
     names,
+    groups,
+    dns01: dnsProvider
+      ? {
+          provider: dnsProvider,
+          resolvers: d?.resolvers,
+          propagationTimeoutMs: d?.propagationTimeoutMs,
+          propagationIntervalMs: d?.propagationIntervalMs,
+          nameserverPort: d?.nameserverPort,
+          followCname: d?.followCname ?? true,
+        }
+      : undefined,
     directoryUrl: issuers[0]!.directoryUrl,
     issuers,
     issuerAttempts: opts.issuerAttempts ?? DEFAULT_ISSUER_ATTEMPTS,
     contact,
     cacheDir: opts.cacheDir ?? DEFAULT_CACHE_DIR,
     keyType: opts.keyType ?? DEFAULT_KEY_TYPE,
-    challenges: opts.challenges ?? [...DEFAULT_CHALLENGES],
+    challenges,
     caRoots,
     eab: opts.eab,
     renewBeforeRatio: opts.renewBeforeRatio ?? DEFAULT_RENEW_RATIO,

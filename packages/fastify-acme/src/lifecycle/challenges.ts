@@ -2,7 +2,9 @@
 // on the server's own TLS port (through the resolver's challenge map, read only by the TLS-ALPN-01 responder),
 // HTTP-01 through the tokens an acmeHttp01 route serves. presenterFor() turns them into the presenter one order gets.
 import type { ChallengePresenter, ChallengeToPresent } from '../acme.js'
-import type { ChallengeType } from '../options.js'
+import { resolveChallengeName, waitForPropagation } from '../challenges/dns-01/propagation.js'
+import { challengeRecordName } from '../challenges/dns-01/provider.js'
+import type { ChallengeType, ResolvedDns01 } from '../options.js'
 import type { CertResolver } from '../resolver.js'
 import type { NameEntry, NameStates } from './state.js'
 
@@ -10,7 +12,7 @@ export interface ChallengeResponder {
   readonly type: ChallengeType
   /** True when a validator can reach this responder now (a listening TLS port, a mounted HTTP-01 route). */
   available(): boolean
-  present(challenge: ChallengeToPresent): void | Promise<void>
+  present(challenge: ChallengeToPresent, signal: AbortSignal): void | Promise<void>
   remove(challenge: ChallengeToPresent): void | Promise<void>
 }
 
@@ -79,10 +81,51 @@ export function presenterFor(
       key ??= challengeKey()
       return key
     },
-    present: async (c) => {
-      await byType.get(c.type)?.present(c)
+    present: async (c, signal) => {
+      await byType.get(c.type)?.present(c, signal)
       states.apply(entry, { to: 'challenge', type: c.type })
     },
     remove: (c) => byType.get(c.type)?.remove(c),
+  }
+}
+
+/**
+ * DNS-01 through a DNS provider: present() writes the TXT record (where a CNAME on `_acme-challenge.<name>` points,
+ * when it does) and waits until every authoritative server answers it; remove() deletes exactly that value.
+ */
+export function dns01Responder(dns: ResolvedDns01): ChallengeResponder {
+  const written = new Map<string, string>()
+  const lookup = {
+    ...(dns.resolvers ? { resolvers: dns.resolvers } : {}),
+    ...(dns.nameserverPort !== undefined ? { nameserverPort: dns.nameserverPort } : {}),
+  }
+  return {
+    type: 'dns-01',
+    available: () => true,
+    present: async (c, signal) => {
+      const recordName = challengeRecordName(c.name)
+      const fqdn = dns.followCname ? (await resolveChallengeName(recordName, lookup)).fqdn : recordName
+      written.set(c.token, fqdn)
+      await dns.provider.present(fqdn, c.keyAuthorization, signal)
+      if (dns.provider.waitForPropagation) {
+        await dns.provider.waitForPropagation(fqdn, c.keyAuthorization, signal)
+        return
+      }
+      await waitForPropagation(fqdn, c.keyAuthorization, {
+        ...lookup,
+        signal,
+        ...(dns.provider.propagationTimeoutMs !== undefined || dns.propagationTimeoutMs !== undefined
+          ? { timeoutMs: (dns.provider.propagationTimeoutMs ?? dns.propagationTimeoutMs) as number }
+          : {}),
+        ...(dns.propagationIntervalMs !== undefined ? { intervalMs: dns.propagationIntervalMs } : {}),
+      })
+    },
+    remove: async (c) => {
+      const fqdn = written.get(c.token)
+      if (fqdn === undefined) return
+      written.delete(c.token)
+      // Its own deadline: removal also runs after the order was cut short.
+      await dns.provider.cleanup(fqdn, c.keyAuthorization, AbortSignal.timeout(30_000))
+    },
   }
 }

@@ -4,7 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import { type CertificateInfo, type CertificateRecord, checkPair, parseRecord } from '../certificate.js'
-import { keys, type Storage } from '../storage/index.js'
+import { keys, nameSegment, type Storage } from '../storage/index.js'
 import type { AriState, AriStates } from './ari.js'
 import { certIdOfRecord } from './ari-poller.js'
 import type { RetryState, RetryStates } from './retry-state.js'
@@ -80,7 +80,7 @@ export async function* readCache(deps: LoadDeps, names: readonly string[]): Asyn
     yield await Promise.all(
       chunk.map(async (name, j): Promise<CachedName> => {
         const { record, verified } = usableRecord(name, reads[j], log)
-        const file = `${name}.json`
+        const file = `${nameSegment(name)}.json`
         const retry = retries && (withState === undefined || withState.has(file)) ? await retries.read(name) : undefined
         const orderInFlight =
           withOrder === undefined

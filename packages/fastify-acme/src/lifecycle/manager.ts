@@ -11,7 +11,7 @@ import type { AcmeEventEmitter, OrderReason } from '../events.js'
 import { canonicalName, normalizeServerName } from '../names.js'
 import type { Clock, ResolvedOptions } from '../options.js'
 import type { CertResolver } from '../resolver.js'
-import { keys, type Storage } from '../storage/index.js'
+import { keys, type Storage, segmentName } from '../storage/index.js'
 import { AccountKeeper } from './account.js'
 import { AriStates } from './ari.js'
 import { AriPoller } from './ari-poller.js'
@@ -135,7 +135,7 @@ export class CertificateManager {
 
   /** Starts managing `name` (the names of the options today; the seam for names added at runtime). */
   #track(name: string): NameEntry {
-    const entry = newEntry(name)
+    const entry = newEntry(name, this.#o.groups[name] ?? [name])
     this.#entries.set(name, entry)
     return entry
   }
@@ -164,7 +164,7 @@ export class CertificateManager {
       const found = await this.#storage.list(prefix).catch(() => [] as string[])
       for (const key of found) {
         const file = key.slice(prefix.length)
-        if (file.endsWith('.json') && !file.includes('/')) names.add(file.slice(0, -'.json'.length))
+        if (file.endsWith('.json') && !file.includes('/')) names.add(segmentName(file.slice(0, -'.json'.length)))
       }
     }
     return names
@@ -268,7 +268,7 @@ export class CertificateManager {
    * as they are. Throws FACME_INVALID_NAME (nothing added) when a name is not one a CA can issue for.
    */
   async add(names: readonly string[], options: { onDemand?: boolean } = {}): Promise<NameStatus[]> {
-    const canonical = [...new Set(names.map(canonicalName))]
+    const canonical = [...new Set(names.map((n) => canonicalName(n)))]
     if (this.#abort.signal.aborted) throw new ERR_CLOSED()
     const fresh = canonical.filter((name) => !this.#entries.has(name)).map((name) => this.#track(name))
     for (const entry of fresh) entry.onDemand = options.onDemand === true

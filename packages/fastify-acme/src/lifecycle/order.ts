@@ -163,7 +163,7 @@ export class OrderRunner {
         journal = undefined
         issued = await this.#obtain(entry, ctx, account, undefined, signal)
       }
-      const record = this.#record(name, issued)
+      const record = this.#record(entry, issued)
       // Store first, then serve: a certificate we serve is always one we will find again after a restart. If storing
       // fails we still serve it (it is valid) and the error is logged; the retry state stays.
       try {
@@ -193,8 +193,9 @@ export class OrderRunner {
       }
       if (err instanceof OrderGone) return this.#interrupted(entry, retry, err.message, ctx.index)
       const coded = timeout.aborted ? new ERR_ORDER_TIMEOUT(name, options.orderTimeoutMs, { cause: err }) : err
-      // A validation verdict kills the order at the CA: nothing left to resume.
-      if (factsOf(coded).validation || (coded as { code?: string }).code === 'FACME_NO_CHALLENGE') {
+      // A validation verdict, or authorizations given up (deactivated), end the order at the CA: nothing to resume.
+      const dead = coded as { orderDead?: boolean; code?: string }
+      if (factsOf(coded).validation || dead.orderDead || dead.code === 'FACME_NO_CHALLENGE') {
         await journals.remove(name).catch(() => {})
       }
       return this.#failed(entry, coded, retry, ctx.index)
@@ -217,7 +218,7 @@ export class OrderRunner {
     const { journals, clock, log, options, responders, states } = this.#d
     const { accounts } = ctx
     const name = entry.name
-    const names = [name]
+    const names = [...entry.sans]
     const session = new AcmeSession(account, ctx.issuer.eab, (step, detail) =>
       log.info({ name, ...detail }, `fastify-acme: ${step}`),
     )
@@ -340,7 +341,10 @@ export class OrderRunner {
     }
   }
 
-  #record(name: string, issued: { keyPem: string; chainPem: string; orderUrl: string }): CertificateRecord {
+  #record(entry: NameEntry, issued: { keyPem: string; chainPem: string; orderUrl: string }): CertificateRecord {
+    const name = entry.name
+    // Every name of the certificate must be covered, the first one checked last (its facts are kept).
+    for (const san of entry.sans.slice(1)) checkPair(san, issued.keyPem, issued.chainPem)
     const info = checkPair(name, issued.keyPem, issued.chainPem)
     const record: CertificateRecord = {
       name,

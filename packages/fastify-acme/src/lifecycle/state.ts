@@ -38,7 +38,10 @@ export interface NameStatus {
 
 /** Everything the manager knows about one name. */
 export interface NameEntry {
+  /** The certificate's first name: its key in storage, status and events. */
   readonly name: string
+  /** Every name the certificate covers (the first is `name`); served for all of them. */
+  readonly sans: readonly string[]
   state: NameState
   /** The certificate served for the name, if any. */
   record: CertificateRecord | undefined
@@ -62,9 +65,10 @@ export interface NameEntry {
   waiters: Array<{ resolve: (s: NameStatus) => void; reject: (e: Error) => void }>
 }
 
-export function newEntry(name: string): NameEntry {
+export function newEntry(name: string, sans: readonly string[] = [name]): NameEntry {
   return {
     name,
+    sans,
     state: 'pending',
     record: undefined,
     onDemand: false,
@@ -127,7 +131,8 @@ export class NameStates {
       case 'loaded': {
         const { record } = change
         // A context that cannot be built at the first handshake drops the name like a failed check.
-        resolver.setLazy(name, { key: record.keyPem, cert: record.chainPem }, change.onUnusable)
+        for (const san of entry.sans)
+          resolver.setLazy(san, { key: record.keyPem, cert: record.chainPem }, change.onUnusable)
         entry.record = record
         entry.issuer = change.issuer
         entry.verified = change.verified
@@ -148,7 +153,7 @@ export class NameStates {
       case 'dropped': {
         // Only the record still served can be dropped (a newer one may have replaced it meanwhile).
         if (entry.record !== change.record) return
-        resolver.delete(name)
+        for (const san of entry.sans) resolver.delete(san)
         entry.record = undefined
         entry.verified = undefined
         if (!entry.running) entry.state = entry.failures > 0 ? 'error' : 'pending'
@@ -158,7 +163,7 @@ export class NameStates {
       }
       case 'corrected': {
         const stored = entry.record
-        resolver.setLazy(name, { key: change.record.keyPem, cert: change.record.chainPem })
+        for (const san of entry.sans) resolver.setLazy(san, { key: change.record.keyPem, cert: change.record.chainPem })
         entry.record = change.record
         entry.verified = true
         if (!entry.running) entry.state = this.#servedState(change.record)
@@ -186,8 +191,8 @@ export class NameStates {
       case 'issued':
       case 'adopted': {
         const { record } = change
-        // Built now: a pair that cannot be served fails here, before anything changes.
-        resolver.set(name, { key: record.keyPem, cert: record.chainPem })
+        // Built now: a pair that cannot be served fails here, before anything changes; one context for every name.
+        resolver.setMany(entry.sans, { key: record.keyPem, cert: record.chainPem })
         const renewal = entry.record !== undefined
         entry.record = record
         entry.issuer = change.issuer
@@ -239,7 +244,7 @@ export class NameStates {
         return
       }
       case 'removed': {
-        resolver.delete(name)
+        for (const san of entry.sans) resolver.delete(san)
         log.debug({ name }, 'fastify-acme: name no longer managed')
         return
       }

@@ -66,24 +66,34 @@ export function directoryKey(directoryUrl: string): string {
   return `${readable.slice(0, 80)}-${digest}`
 }
 
+/** A managed name as a storage key segment: `*.example.com` (no `*` in keys) is kept as `_wildcard_.example.com`. */
+export function nameSegment(name: string): string {
+  return name.startsWith('*.') ? `_wildcard_${name.slice(1)}` : name
+}
+
+/** The name a key segment stands for (see nameSegment). */
+export function segmentName(segment: string): string {
+  return segment.startsWith('_wildcard_.') ? `*${segment.slice('_wildcard_'.length)}` : segment
+}
+
 export const keys = {
   account: (dir: string) => `${dir}/account.json`,
-  certificate: (dir: string, name: string) => `${dir}/certificates/${name}.json`,
+  certificate: (dir: string, name: string) => `${dir}/certificates/${nameSegment(name)}.json`,
   certificates: (dir: string) => `${dir}/certificates/`,
-  state: (dir: string, name: string) => `${dir}/state/${name}.json`,
+  state: (dir: string, name: string) => `${dir}/state/${nameSegment(name)}.json`,
   states: (dir: string) => `${dir}/state/`,
   /** An order in flight: its URL (and, once made, the certificate key), so a restart resumes it. */
-  order: (dir: string, name: string) => `${dir}/orders/${name}.json`,
+  order: (dir: string, name: string) => `${dir}/orders/${nameSegment(name)}.json`,
   orders: (dir: string) => `${dir}/orders/`,
   /** The CA's renewal information (ARI) for a name's certificate, and the renewal time picked in its window. */
-  renewalInfo: (dir: string, name: string) => `${dir}/renewal-info/${name}.json`,
+  renewalInfo: (dir: string, name: string) => `${dir}/renewal-info/${nameSegment(name)}.json`,
   renewalInfos: (dir: string) => `${dir}/renewal-info/`,
   /** The account's order budget: the times of its recent new orders. */
   orderBudget: (dir: string) => `${dir}/order-budget.json`,
   orderBudgetLock: (dir: string) => `${dir}/locks/order-budget`,
-  orderLock: (dir: string, name: string) => `${dir}/locks/${name}`,
+  orderLock: (dir: string, name: string) => `${dir}/locks/${nameSegment(name)}`,
   accountLock: (dir: string) => `${dir}/locks/account`,
   challengeKey: (dir: string) => `${dir}/challenge-key.pem`,
   /** Space held while an order or an account registration runs, so its result is sure to fit. */
-  reservation: (dir: string, what: string) => `${dir}/reserved/${what}`,
+  reservation: (dir: string, what: string) => `${dir}/reserved/${nameSegment(what)}`,
 }
