@@ -119,8 +119,11 @@ export async function startAcmeFront(options: AcmeFrontOptions): Promise<AcmeFro
     async intercept(exchange, upstream) {
       const { method, path } = exchange
       if (ari && (path === RENEWAL_INFO_PATH || path.startsWith(`${RENEWAL_INFO_PATH}/`))) {
-        if (method !== 'GET') return json(405, { allow: 'GET', 'content-type': 'text/plain' }, 'ARI is GET only')
-        const a = renewal.answer(decodeURIComponent(path.slice(RENEWAL_INFO_PATH.length + 1)))
+        if (method !== 'GET') {
+          const type = 'urn:ietf:params:acme:error:malformed'
+          return json(405, { allow: 'GET', 'content-type': 'application/problem+json' }, { type, status: 405 })
+        }
+        const a = renewal.answer(path.slice(RENEWAL_INFO_PATH.length + 1))
         return json(a.status, a.headers, a.body)
       }
       if (method === 'POST' && path === NEW_ORDER) {

@@ -69,8 +69,9 @@ export function defaultAriWindow(cert: Pick<IssuedCertificate, 'notBefore' | 'no
 }
 
 function serialOfCertId(certId: string): string | undefined {
-  const serial = certId.split('.')[1]
-  if (!serial || !/^[A-Za-z0-9_-]+$/.test(serial)) return undefined
+  const [keyId, serial, ...rest] = certId.split('.')
+  const b64u = /^[A-Za-z0-9_-]{2,}$/
+  if (!keyId || !serial || rest.length > 0 || !b64u.test(keyId) || !b64u.test(serial)) return undefined
   return normalizeSerial(Buffer.from(serial, 'base64url'))
 }
 
@@ -149,7 +150,7 @@ export class RenewalInfo {
 
   private compute(certId: string): AriAnswer {
     const serial = serialOfCertId(certId)
-    if (!serial || !/^[A-Za-z0-9_-]+$/.test(certId.split('.')[0] ?? '')) {
+    if (!serial) {
       return problem(400, 'malformed', `not an ARI CertID: ${certId}`)
     }
     const cert = this.byCertId.get(certId)

@@ -222,6 +222,21 @@ test('invalidProfile for a profile not advertised; rejectReplaces scripts confli
   )
 })
 
+test('fault injection still works in front of the front: a rule answers before it, the order is not recorded', async () => {
+  const recorded = front.orders.length
+  front.inject({
+    method: 'POST',
+    path: /^\/order-plz$/,
+    status: 503,
+    times: 1,
+    body: { type: 'urn:x', detail: 'down' },
+  })
+  const identifiers = [{ type: 'dns', value: 'other.example.test' }]
+  await assert.rejects(client.createOrder({ identifiers, replaces: second } as OrderRequest), /down/)
+  assert.equal(front.orders.length, recorded)
+  assert.equal(front.requests.filter((r) => r.injected && r.status === 503).length, 1)
+})
+
 test('ARI scripts: fixed window + explanationURL, renewNow by serial, Retry-After forms, 5xx, invalid window, 404', async () => {
   const polls = front.ariRequests.length
   front.setAri(first, {
