@@ -69,7 +69,8 @@ export type Upstream = (exchange: ProxyExchange) => Promise<ProxyAnswer>
 
 /**
  * How a front built on this proxy (the ACME front) adds behaviour; rules (`inject`) are applied first, so fault
- * injection keeps working in front of it. Both hooks see only requests no rule answered.
+ * injection keeps working in front of it. Both hooks see only requests no rule answered; `transform` also sees
+ * the answers a `hold: 'response'` rule keeps from the client (Pebble has acted on them).
  */
 export interface CaProxyHooks {
   /** Answers the request itself, or returns undefined to forward it to Pebble. */
@@ -160,6 +161,8 @@ export async function startCaProxyWith(options: CaProxyOptions, hooks: CaProxyHo
       res.end(`upstream error: ${(err as Error).message}`)
       return
     }
+    // Before a 'response' hold too: the CA has acted, so the front's bookkeeping (orders, certificates) follows.
+    if (hooks.transform) answer = await hooks.transform(exchange, answer, upstream)
     if (rule?.hold === 'response') {
       // Pebble has acted; the client never learns it.
       rule.used++
@@ -167,7 +170,6 @@ export async function startCaProxyWith(options: CaProxyOptions, hooks: CaProxyHo
       held({ method, path })
       return
     }
-    if (hooks.transform) answer = await hooks.transform(exchange, answer, upstream)
     requests.push({ method, path, status: answer.status, injected: false })
     reply(res, exchange, answer)
   }

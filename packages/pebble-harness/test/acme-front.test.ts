@@ -222,7 +222,7 @@ test('invalidProfile for a profile not advertised; rejectReplaces scripts confli
   )
 })
 
-test('fault injection still works in front of the front: a rule answers before it, the order is not recorded', async () => {
+test('fault injection still works in front of the front: an answering rule goes first (order not recorded); a response hold is recorded', async () => {
   const recorded = front.orders.length
   front.inject({
     method: 'POST',
@@ -235,6 +235,14 @@ test('fault injection still works in front of the front: a rule answers before i
   await assert.rejects(client.createOrder({ identifiers, replaces: second } as OrderRequest), /down/)
   assert.equal(front.orders.length, recorded)
   assert.equal(front.requests.filter((r) => r.injected && r.status === 503).length, 1)
+
+  // A 'response' hold: Pebble creates the order, the client never hears back; the front still records it.
+  front.inject({ method: 'POST', path: /^\/order-plz$/, hold: 'response', times: 1 })
+  const lost = client.createOrder({ identifiers: [{ type: 'dns', value: 'held.example.test' }] } as OrderRequest)
+  lost.catch(() => {}) // never settles while held; the front's stop() ends it
+  assert.deepEqual(await front.waitForHold(5000), { method: 'POST', path: '/order-plz' })
+  const held = front.orders.at(-1)!
+  assert.deepEqual([held.identifiers[0]?.value, held.httpStatus, held.status], ['held.example.test', 201, 'pending'])
 })
 
 test('ARI scripts: fixed window + explanationURL, renewNow by serial, Retry-After forms, 5xx, invalid window, 404', async () => {
