@@ -1,6 +1,14 @@
 // Public entry of @autotls/pebble-harness: real-ACME test infrastructure around Debian's Pebble.
 
 export {
+  type AcmeFront,
+  type AcmeFrontOptions,
+  DEFAULT_ARI_RETRY_AFTER_SECONDS,
+  DEFAULT_PROFILES,
+  RENEWAL_INFO_PATH,
+  startAcmeFront,
+} from './acme-front.js'
+export {
   type Bind,
   type BindOptions,
   type BindTsigAlgorithm,
@@ -9,7 +17,10 @@ export {
   startBind,
 } from './bind.js'
 export { type CaProxy, type CaProxyOptions, type CaProxyRule, startCaProxy } from './ca-proxy.js'
+export { ariCertId, type CertIdParts, certIdFromParts, certIdParts, normalizeSerial } from './cert-id.js'
 export { makeTestCertificates, type TestCertificateOptions, type TestCertificates } from './certs.js'
 export { type ChallTestSrv, type ChallTestSrvOptions, startChallTestSrv } from './challtestsrv.js'
+export type { FrontOrder, ReplacesProblem } from './order-book.js'
 export { countOrders, type Pebble, type PebbleOptions, startPebble } from './pebble.js'
 export { freePort } from './ports.js'
+export { type AriScript, type AriWindow, defaultAriWindow, type IssuedCertificate } from './renewal-info.js'
