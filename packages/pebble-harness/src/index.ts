@@ -5,3 +5,4 @@ export { makeTestCertificates, type TestCertificateOptions, type TestCertificate
 export { type ChallTestSrv, type ChallTestSrvOptions, startChallTestSrv } from './challtestsrv.js'
 export { countOrders, type Pebble, type PebbleOptions, startPebble } from './pebble.js'
 export { freePort } from './ports.js'
+export { type RedisOptions, type RedisServer, startRedis } from './redis.js'
