@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Makes a fresh Debian machine ready to run the demo and the tests: Debian packages (pebble, openssl, curl and,
-// for the browser test, chromium), pnpm at the version package.json pins, and node modules from the lockfile.
+// Makes a fresh Debian machine ready to run the demo and the tests: Debian packages (pebble, openssl, curl,
+// redis-server and, for the browser test, chromium), pnpm at the version package.json pins, and node modules from
+// the lockfile.
 // Idempotent and quick when everything is already there. Usage: node scripts/bootstrap.mjs [--with-browser]
 import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, readFileSync, statSync } from 'node:fs'
@@ -36,6 +37,8 @@ const wanted = [
   ['nsupdate', 'bind9-dnsutils'],
   ['openssl', 'openssl'],
   ['curl', 'curl'],
+  // The Redis storage's tests (packages/storage-redis) and the harness's startRedis().
+  ['redis-server', 'redis-server'],
   // The reliability suite's protocol/cipher scan (test/reliability/tls-scan.test.ts).
   ['nmap', 'nmap'],
   ...(withBrowser

@@ -73,6 +73,7 @@ test('packed packages install with npm and work for ESM and CommonJS consumers',
     '@autotls/fastify-acme',
     '@autotls/pebble-harness',
     '@autotls/proxy-preset',
+    '@autotls/storage-redis',
   ])
   for (const { dir } of packages) await run('pnpm', ['pack', '--pack-destination', tarballs], dir)
   const files = (await readdir(tarballs)).filter((f) => f.endsWith('.tgz')).sort()

@@ -21,4 +21,4 @@ export { type Wiring, wiringOf } from './server.js'
 // FileStorage is public too; here as well because internal.ts has no top-level code of its own: with
 // `sideEffects: false`, a bundle of a storage-only test fixture keeps just the storage modules.
 export { FileStorage } from './storage/file.js'
-export { directoryKey } from './storage/index.js'
+export { assertKey, directoryKey } from './storage/index.js'

@@ -1,5 +1,6 @@
-// FileStorage and MemoryStorage against the Storage contract, file modes, atomicity, locks, and what the plugin
-// does with a corrupt cache.
+// FileStorage and MemoryStorage against the shared Storage contract (@autotls/fastify-acme/testing), then what is
+// FileStorage's own (file modes, atomicity on disk, lock files of dead processes) and what the plugin does with a
+// corrupt cache.
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
@@ -8,54 +9,23 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { FileStorage, MemoryStorage, type Storage } from '../src/index.js'
 import { directoryKey, keys } from '../src/storage/index.js'
+import { storageContract } from '../src/testing/storage-contract.js'
 
 async function tempDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), 'facme-storage-'))
 }
 
-for (const [label, make] of [
-  ['FileStorage', async () => new FileStorage(join(await tempDir(), 'cache'))],
-  ['MemoryStorage', async () => new MemoryStorage()],
-] as Array<[string, () => Promise<Storage>]>) {
-  describe(`${label} contract`, () => {
-    let s: Storage
-    before(async () => {
-      s = await make()
-    })
-    test('get of a missing key is undefined; put/get round-trips; delete is idempotent', async () => {
-      assert.equal(await s.get('a/b.json'), undefined)
-      await s.put('a/b.json', 'one')
-      assert.equal((await s.get('a/b.json'))?.toString(), 'one')
-      await s.put('a/b.json', Buffer.from('two'))
-      assert.equal((await s.get('a/b.json'))?.toString(), 'two')
-      await s.delete('a/b.json')
-      await s.delete('a/b.json')
-      assert.equal(await s.get('a/b.json'), undefined)
-    })
-    test('list returns keys under a prefix', async () => {
-      await s.put('d/certificates/x.example.json', '1')
-      await s.put('d/certificates/y.example.json', '2')
-      await s.put('d/account.json', '3')
-      assert.deepEqual(await s.list('d/certificates/'), [
-        'd/certificates/x.example.json',
-        'd/certificates/y.example.json',
-      ])
-    })
-    test('keys that could escape the store are refused', async () => {
-      for (const bad of ['../x', '/abs', 'a/../b', 'a//b', '', 'a/./b', 'a\\b', 'a/b\0']) {
-        await assert.rejects(s.put(bad, 'x'), { code: 'FACME_STORAGE_KEY' }, bad)
-      }
-    })
-    test('lock is exclusive and released', async () => {
-      const lease = await s.lock('locks/n')
-      assert.equal(lease.lost.aborted, false)
-      await assert.rejects(s.lock('locks/n', { timeoutMs: 300 }), { code: 'FACME_LOCK_TIMEOUT' })
-      await lease.release()
-      const again = await s.lock('locks/n', { timeoutMs: 300 })
-      await again.release()
-    })
-  })
-}
+storageContract('FileStorage', async () => {
+  const root = await tempDir()
+  const storage = new FileStorage(join(root, 'cache'))
+  // Two instances on one folder stand for two processes sharing it.
+  return {
+    storage,
+    peer: new FileStorage(join(root, 'cache')),
+    close: () => rm(root, { recursive: true, force: true }),
+  }
+})
+storageContract('MemoryStorage', () => ({ storage: new MemoryStorage() }))
 
 describe('FileStorage on disk', () => {
   let root: string

@@ -1,9 +1,11 @@
 // An ESM application as a user writes it, run by the pack test from installed tarballs with plain `node`: the
-// plugin example (fastify-acme in a Fastify app) gets a certificate from the harness's Pebble over TLS-ALPN-01 and
-// serves a real HTTPS request with it. Prints one JSON line; exits non-zero on any failure.
+// plugin example (fastify-acme in a Fastify app, storing in Redis through @autotls/storage-redis) gets a certificate
+// from the harness's Pebble over TLS-ALPN-01 and serves a real HTTPS request with it. Prints one JSON line; exits
+// non-zero on any failure.
 import { request } from 'node:https'
-import { acmeServerFactory, type FastifyAcmeOptions, fastifyAcme, MemoryStorage } from '@autotls/fastify-acme'
-import { startPebble } from '@autotls/pebble-harness'
+import { acmeServerFactory, type FastifyAcmeOptions, fastifyAcme } from '@autotls/fastify-acme'
+import { startPebble, startRedis } from '@autotls/pebble-harness'
+import { RedisStorage } from '@autotls/storage-redis'
 import Fastify from 'fastify'
 
 const NAME = 'esm.consumer.test'
@@ -27,6 +29,8 @@ function get(port: number, ca: string): Promise<{ status: number; body: string; 
 }
 
 const pebble = await startPebble()
+const redis = await startRedis()
+const storage = new RedisStorage({ url: redis.url })
 try {
   const app = Fastify({ serverFactory: acmeServerFactory() })
   const options: FastifyAcmeOptions = {
@@ -34,7 +38,7 @@ try {
     directory: pebble.directoryUrl,
     termsOfServiceAgreed: true,
     caRoots: pebble.caBundle,
-    storage: new MemoryStorage(),
+    storage,
   }
   await app.register(fastifyAcme, options)
   app.get('/', async () => 'hello from the packed plugin')
@@ -48,5 +52,7 @@ try {
     await app.close()
   }
 } finally {
+  await storage.close()
+  await redis.stop()
   await pebble.stop()
 }

@@ -31,15 +31,25 @@ export class MemoryStorage implements Storage {
     assertKey(key)
     const timeoutMs = options.timeoutMs ?? 30_000
     const deadline = Date.now() + timeoutMs
+    const signal = options.signal
     for (;;) {
+      if (signal?.aborted) throw signal.reason
       const held = this.#locks.get(key)
       if (held === undefined) break
-      if (options.signal?.aborted) throw options.signal.reason
       const remaining = deadline - Date.now()
       if (remaining <= 0) throw new ERR_LOCK_TIMEOUT(key)
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([held, new Promise((resolve) => (timer = setTimeout(resolve, remaining)))])
-      clearTimeout(timer)
+      // Wake on the release, the deadline or the signal, whichever comes first (the storage contract: an abort
+      // ends a wait promptly).
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          clearTimeout(timer)
+          signal?.removeEventListener('abort', wake)
+          resolve()
+        }
+        const timer = setTimeout(wake, remaining)
+        signal?.addEventListener('abort', wake, { once: true })
+        held.then(wake)
+      })
     }
     let release!: () => void
     this.#locks.set(key, new Promise<void>((resolve) => (release = resolve)))

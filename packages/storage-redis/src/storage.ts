@@ -1,0 +1,246 @@
+// RedisStorage: the plugin's Storage contract on Redis, so several instances of an app share the account,
+// certificates, retry state, orders in flight and the order lock. Values are binary-safe strings under
+// `<prefix><key>`; locks live under `<prefix>lock:<key>`, which no record key can be (':' is not a key character).
+// Every operation is bounded in time: a Redis outage surfaces as FACME_STORAGE, never as a hang.
+
+import { ERR_STORAGE, type Lease, type LockOptions, type Storage } from '@autotls/fastify-acme'
+import { assertKey } from '@autotls/fastify-acme/internal'
+import { createClient, RESP_TYPES } from '@redis/client'
+import { type LockCommands, type RedisLease, takeLock } from './lock.js'
+import {
+  type AnyRedisClient,
+  BATCH,
+  type RedisStorageOptions,
+  type ResolvedRedisOptions,
+  resolveOptions,
+} from './options.js'
+
+const LOCK_NAMESPACE = 'lock:'
+/** Reconnection of a client the store created: 50 ms, doubling, at most 1 s apart, for as long as it is open. */
+const reconnectDelay = (retries: number): number => Math.min(1_000, 50 * 2 ** Math.min(retries, 5))
+
+/** `s` as a literal inside a SCAN MATCH glob. */
+function globEscape(s: string): string {
+  return s.replace(/[*?[\]\\]/g, '\\$&')
+}
+
+function isRecordKey(key: string): boolean {
+  try {
+    assertKey(key)
+    return true
+  } catch {
+    return false
+  }
+}
+
+function toArgument(value: string | Uint8Array): string | Buffer {
+  if (typeof value === 'string' || Buffer.isBuffer(value)) return value
+  return Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+}
+
+export class RedisStorage implements Storage {
+  /** SCAN visits every key present for the whole scan: list() returns all of them, in one call. */
+  readonly listIsComplete = true
+  readonly options: Readonly<ResolvedRedisOptions>
+  readonly #client: AnyRedisClient
+  /** The same connection, answering bulk strings as Buffers and bounded by commandTimeoutMs. */
+  readonly #bytes: AnyRedisClient
+  /** The same connection, bounded by commandTimeoutMs, answering strings. */
+  readonly #text: AnyRedisClient
+  readonly #owned: boolean
+  readonly #closeClient: boolean
+  readonly #leases = new Set<RedisLease>()
+  #connecting: Promise<unknown> | undefined
+  #closed = false
+  /** The latest connection error of a client the store created (for messages; the client keeps reconnecting). */
+  #lastError: Error | undefined
+
+  constructor(options: RedisStorageOptions) {
+    this.options = resolveOptions(options)
+    const { commandTimeoutMs } = this.options
+    this.#owned = options.client === undefined
+    this.#closeClient = this.#owned || options.closeClient === true
+    if (options.client) {
+      this.#client = options.client
+    } else {
+      const client = createClient({
+        url: options.url,
+        // Commands are refused while the connection is down (the store waits for it, bounded, then fails):
+        // a queue that grows during an outage would replay stale writes when Redis comes back.
+        disableOfflineQueue: true,
+        socket: { connectTimeout: commandTimeoutMs, reconnectStrategy: reconnectDelay },
+      })
+      // Without a listener an 'error' event would crash the process; the client reconnects by itself.
+      client.on('error', (err: Error) => {
+        this.#lastError = err
+      })
+      this.#client = client as unknown as AnyRedisClient
+    }
+    this.#text = this.#client.withCommandOptions({ timeout: commandTimeoutMs })
+    this.#bytes = this.#client.withCommandOptions({
+      timeout: commandTimeoutMs,
+      typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer },
+    }) as unknown as AnyRedisClient
+  }
+
+  /** The Redis key of a record. */
+  redisKey(key: string): string {
+    assertKey(key)
+    return `${this.options.prefix}${key}`
+  }
+
+  /** The Redis key of the lock named `key`. */
+  lockKey(key: string): string {
+    assertKey(key)
+    return `${this.options.prefix}${LOCK_NAMESPACE}${key}`
+  }
+
+  /** Resolves when the connection is ready; rejects after commandTimeoutMs (Redis unreachable) or once closed. */
+  async #ready(): Promise<void> {
+    if (this.#closed) throw new Error('the Redis storage is closed')
+    const client = this.#client
+    if (client.isReady) return
+    if (!client.isOpen) {
+      // A client nobody opened yet (ours, or one given to us unopened). Its own reconnection loop takes over after.
+      this.#connecting ??= client.connect().catch((err: Error) => {
+        this.#lastError = err
+        this.#connecting = undefined
+      })
+    }
+    await new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer)
+        client.off('ready', onReady)
+        if (err) reject(err)
+        else resolve()
+      }
+      const onReady = () => done()
+      const timer = setTimeout(() => {
+        const last = this.#lastError ? ` (last error: ${this.#lastError.message})` : ''
+        done(new Error(`Redis is not reachable: no connection within ${this.options.commandTimeoutMs} ms${last}`))
+      }, this.options.commandTimeoutMs)
+      client.on('ready', onReady)
+      if (client.isReady) done()
+    })
+  }
+
+  /** Runs one Redis operation; anything but a coded error of ours becomes FACME_STORAGE naming the operation. */
+  async #run<T>(what: string, key: string, op: () => Promise<T>): Promise<T> {
+    try {
+      await this.#ready()
+      return await op()
+    } catch (err) {
+      throw new ERR_STORAGE(`${what} of ${key}`, `Redis: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    const redisKey = this.redisKey(key)
+    const value = await this.#run('read', key, () => this.#bytes.get(redisKey))
+    return value === null || value === undefined ? undefined : Buffer.from(value as Buffer)
+  }
+
+  async getMany(keys: readonly string[]): Promise<Array<Buffer | undefined | Error>> {
+    const out: Array<Buffer | undefined | Error> = []
+    for (let i = 0; i < keys.length; i += BATCH) {
+      const batch = keys.slice(i, i + BATCH)
+      const valid: string[] = []
+      const slots: Array<number | Error> = batch.map((key) => {
+        try {
+          valid.push(this.redisKey(key))
+          return valid.length - 1
+        } catch (err) {
+          return err as Error
+        }
+      })
+      const values =
+        valid.length === 0
+          ? []
+          : ((await this.#run('read', `${valid.length} keys`, () => this.#bytes.mGet(valid))) as Array<Buffer | null>)
+      for (const slot of slots) {
+        if (slot instanceof Error) out.push(slot)
+        else {
+          const value = values[slot]
+          out.push(value === null || value === undefined ? undefined : Buffer.from(value))
+        }
+      }
+    }
+    return out
+  }
+
+  async put(key: string, value: string | Uint8Array): Promise<void> {
+    const redisKey = this.redisKey(key)
+    // SET replaces the value in one step: a reader sees the old value or the new one.
+    await this.#run('write', key, () => this.#text.set(redisKey, toArgument(value)))
+  }
+
+  async delete(key: string): Promise<void> {
+    const redisKey = this.redisKey(key)
+    await this.#run('delete', key, () => this.#text.del(redisKey))
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    const base = this.options.prefix
+    const match = `${globEscape(base + prefix)}*`
+    const found = new Set<string>()
+    await this.#run('list', prefix || '(all)', async () => {
+      let cursor = '0'
+      do {
+        const reply = (await this.#text.scan(cursor, { MATCH: match, COUNT: BATCH })) as {
+          cursor: string
+          keys: string[]
+        }
+        cursor = String(reply.cursor)
+        for (const redisKey of reply.keys) {
+          const key = String(redisKey).slice(base.length)
+          // Lock keys, and anything else under the prefix that is no record of ours, are left out.
+          if (key.startsWith(prefix) && isRecordKey(key)) found.add(key)
+        }
+      } while (cursor !== '0')
+    })
+    return [...found].sort()
+  }
+
+  async lock(key: string, options: LockOptions = {}): Promise<Lease> {
+    const redisKey = this.lockKey(key)
+    const commands: LockCommands = {
+      tryTake: (k, token, ttlMs) =>
+        this.#run('lock', key, async () => {
+          const reply = await this.#text.set(k, token, { condition: 'NX', expiration: { type: 'PX', value: ttlMs } })
+          return reply === 'OK'
+        }),
+      evalScript: (script, k, args) =>
+        this.#run('lock', key, async () => Number(await this.#text.eval(script, { keys: [k], arguments: args }))),
+    }
+    const lease = await takeLock({
+      key,
+      redisKey,
+      ttlMs: this.options.lockTtlMs,
+      options,
+      commands,
+      onEnd: (ended) => this.#leases.delete(ended),
+    })
+    if (this.#closed) {
+      await lease.release()
+      throw new ERR_STORAGE(`lock of ${key}`, 'the Redis storage was closed')
+    }
+    this.#leases.add(lease)
+    return lease
+  }
+
+  /**
+   * Stops extending every lease (their `lost` aborts) and closes the client if the store created it (or
+   * `closeClient` was set). Close the plugin's app first: its orders release their locks on close.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    for (const lease of [...this.#leases]) lease.abandon(new ERR_STORAGE('lock', 'the Redis storage was closed'))
+    this.#leases.clear()
+    if (!this.#closeClient) return
+    // close() lets the replies in flight arrive (each bounded by commandTimeoutMs); a client still trying to
+    // (re)connect has nothing to wait for and is destroyed.
+    if (this.#client.isReady) await this.#client.close().catch(() => this.#client.destroy())
+    else if (this.#client.isOpen) this.#client.destroy()
+  }
+}
