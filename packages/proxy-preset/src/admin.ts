@@ -96,27 +96,27 @@ export function statusJson(s: AdminStatusSources): StatusJson {
   }
 }
 
-const escape = (value: unknown): string => String(value ?? '-').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
+const html = (value: unknown): string => String(value ?? '-').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 
 export function statusHtml(status: StatusJson): string {
   const certRows = status.certificates
     .map(
       (c) =>
-        `<tr><td>${escape(c.name)}</td><td>${escape(c.source)}</td><td>${escape(c.state)}</td><td>${escape(c.issuer)}</td>` +
-        `<td>${escape(c.notAfter)}</td><td>${escape(c.nextRenewal)}</td><td>${escape(c.lastError?.message)}</td></tr>`,
+        `<tr><td>${html(c.name)}</td><td>${html(c.source)}</td><td>${html(c.state)}</td><td>${html(c.issuer)}</td>` +
+        `<td>${html(c.notAfter)}</td><td>${html(c.nextRenewal)}</td><td>${html(c.lastError?.message)}</td></tr>`,
     )
     .join('')
   const routeRows = status.routes
     .flatMap((r) =>
       r.upstreams.map(
         (u) =>
-          `<tr><td>${escape(r.route)}</td><td>${escape(u.url)}</td><td class="${u.healthy ? 'up' : 'down'}">${u.healthy ? 'up' : 'down'}</td><td>${escape(u.lastError)}</td></tr>`,
+          `<tr><td>${html(r.route)}</td><td>${html(u.url)}</td><td class="${u.healthy ? 'up' : 'down'}">${u.healthy ? 'up' : 'down'}</td><td>${html(u.lastError)}</td></tr>`,
       ),
     )
     .join('')
   return `<!doctype html><html><head><meta charset="utf-8"><title>autotls status</title>
 <style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.down{color:#b00;font-weight:bold}.up{color:#070}</style></head>
-<body><h1>autotls</h1><p id="summary">${escape(status.state)}, up ${status.uptimeSeconds} s, configuration generation ${status.generation}</p>
+<body><h1>autotls</h1><p id="summary">${html(status.state)}, up ${status.uptimeSeconds} s, configuration generation ${status.generation}</p>
 <h2>Certificates</h2><table id="certificates"><thead><tr><th>name</th><th>source</th><th>state</th><th>issuer</th><th>expires</th><th>next renewal</th><th>last error</th></tr></thead><tbody>${certRows}</tbody></table>
 <h2>Routes</h2><table id="routes"><thead><tr><th>route</th><th>upstream</th><th>health</th><th>last error</th></tr></thead><tbody>${routeRows}</tbody></table>
 </body></html>`
