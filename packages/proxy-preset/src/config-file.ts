@@ -68,10 +68,8 @@ export function parseConfigText(text: string, file: string, env: NodeJS.ProcessE
       if (isMap(node)) {
         const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === String(segment))
         if (pair === undefined) break
-        // Unknown keys are reported at the key itself, others at their value.
-        const keyNode = pair.key as Node
-        offset = (pair.value as Node | null)?.range?.[0] ?? keyNode.range?.[0] ?? offset
-        if (segment === path.at(-1) && !isMap(pair.value) && !isSeq(pair.value)) offset = keyNode.range?.[0] ?? offset
+        // An option is reported where its key is written.
+        offset = (pair.key as Node).range?.[0] ?? offset
         node = pair.value
       } else if (isSeq(node) && typeof segment === 'number') {
         const item = node.items[segment] as Node | undefined
