@@ -115,6 +115,8 @@ export interface ProxyHandle {
    * Reloads run one at a time.
    */
   reload(options: ProxyOptions): Promise<ReloadResult>
+  /** Resolves once every generation replaced by a reload has closed (its last upstream requests done). */
+  settled(): Promise<void>
   /** Reloads from the runtime's reloadSource (what SIGHUP, a file change and the admin's POST /reload do). */
   reloadFromSource(): Promise<ReloadResult>
   /** Graceful close: stop accepting, finish in-flight requests within shutdown.graceMs, close. Idempotent. */
@@ -127,7 +129,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
   const initial = active
   const resolver = new CertResolver()
   let current: Generation | undefined
-  const retiring = new Set<Generation>()
+  const retiring = new Map<Generation, Promise<void>>()
   // The host dispatch of every request: configured hosts go to the current routing generation, the rest (health,
   // routes added to `app`, unknown hosts) to the listener's own app.
   const front = (
@@ -313,10 +315,21 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       active = merged
       plan = { acmeNames: plan.acmeNames, manualHosts: nextPlan.manualHosts }
       syncUpgrade()
-      retiring.add(old)
-      setTimeout(() => {
-        void old.close().finally(() => retiring.delete(old))
-      }, RETIRE_AFTER_MS).unref()
+      retiring.set(
+        old,
+        new Promise<void>((resolve) => {
+          setTimeout(() => {
+            void old
+              .close()
+              .catch((err) => log.warn({ err, generation: old.id }, 'closing a replaced generation failed'))
+              .finally(() => {
+                retiring.delete(old)
+                log.debug({ generation: old.id }, 'replaced generation closed')
+                resolve()
+              })
+          }, RETIRE_AFTER_MS).unref()
+        }),
+      )
       const result: ReloadResult = {
         applied: true,
         generation: gen.id,
@@ -438,6 +451,9 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       adminAddress: () => admin?.address(),
       reload: (input) => reload(input),
       reloadFromSource,
+      settled: async () => {
+        await Promise.all(retiring.values())
+      },
       close() {
         closing ??= gracefulClose({
           graceMs: initial.shutdown.graceMs,
@@ -446,13 +462,13 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
           servers: [app.server, ...(http ? [http.server] : [])] as never,
           // Upstream requests still waiting would hold the generations' onClose (pool close waits for them).
           onForce: () => {
-            for (const gen of [current!, ...retiring]) gen.destroy()
+            for (const gen of [current!, ...retiring.keys()]) gen.destroy()
           },
           close: async () => {
             draining = true
             try {
               await Promise.all([app.close(), http?.close(), admin?.close()])
-              await Promise.all([current!, ...retiring].map((gen) => gen.close()))
+              await Promise.all([current!, ...retiring.keys()].map((gen) => gen.close()))
             } finally {
               await certificates?.close()
             }
