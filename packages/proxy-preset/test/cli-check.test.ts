@@ -2,31 +2,11 @@
 // with a token from the environment) print the plan and exit 0; ten bad ones exit 1 with one line that names the
 // file, the line and the option path, and says what to write instead.
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { fileURLToPath } from 'node:url'
-import { type CertFiles, certFiles } from './helpers.js'
-
-const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url))
-
-export function runCli(
-  args: string[],
-  env: NodeJS.ProcessEnv = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['--import', 'tsx', '--conditions=source', CLI, ...args],
-      { env: { ...process.env, ...env }, timeout: 60_000 },
-      (error, stdout, stderr) => {
-        resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr })
-      },
-    )
-  })
-}
+import { type CertFiles, certFiles, runCli } from './helpers.js'
 
 describe('autotls check', () => {
   let dir: string
