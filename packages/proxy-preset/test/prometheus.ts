@@ -13,9 +13,12 @@ export function sample(families: PromFamily[], name: string, labels: Record<stri
   return Number(found.value ?? found.count)
 }
 
-/** Histogram count of `name` for `labels`. */
-export function histogramCount(families: PromFamily[], name: string, labels: Record<string, string>): number {
+/**
+ * Total observations of histogram `name` (its `+Inf` buckets). parse-prometheus-text-format 1.1.1 drops the
+ * labels, `_count` and `_sum` of histogram samples, so this sums over all label sets: use it where one label set
+ * is observed.
+ */
+export function histogramTotal(families: PromFamily[], name: string): number {
   const family = families.find((f) => f.name === name)
-  const found = family?.metrics.find((m) => Object.entries(labels).every(([k, v]) => m.labels?.[k] === v))
-  return Number(found?.count ?? 0)
+  return (family?.metrics ?? []).reduce((sum, m) => sum + Number(m.buckets?.['+Inf'] ?? 0), 0)
 }
