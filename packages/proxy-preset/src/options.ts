@@ -31,10 +31,6 @@ export const DEFAULT_RELOAD_POLL_MS = 5_000
 /** The admin listener (metrics, status, reload) binds loopback unless told otherwise. */
 export const DEFAULT_ADMIN_HOST = '127.0.0.1'
 export const DEFAULT_ADMIN_PORT = 9180
-export const DEFAULT_HEALTH_CHECK_INTERVAL_MS = 5_000
-export const DEFAULT_HEALTH_CHECK_TIMEOUT_MS = 2_000
-export const DEFAULT_HEALTHY_THRESHOLD = 2
-export const DEFAULT_UNHEALTHY_THRESHOLD = 2
 
 // A path prefix: '/'-separated segments of unreserved/sub-delim characters. No ':' '*' (router syntax), no '%',
 // '?', '#', ';', no dot-segments: a prefix must mean the same thing to the router and to the upstream.
@@ -96,38 +92,6 @@ export const RouteSchema = Type.Object(
           ),
         },
         { additionalProperties: false },
-      ),
-    ),
-    healthCheck: Type.Optional(
-      Type.Object(
-        {
-          path: Type.String({
-            pattern: '^/[^#]*$',
-            description: 'Path requested with GET on each upstream (2xx/3xx: up)',
-          }),
-          intervalMs: Type.Optional(
-            Type.Integer({ minimum: 100, description: `Between checks (default ${DEFAULT_HEALTH_CHECK_INTERVAL_MS})` }),
-          ),
-          timeoutMs: Type.Optional(
-            Type.Integer({
-              minimum: 10,
-              description: `A check slower than this fails (default ${DEFAULT_HEALTH_CHECK_TIMEOUT_MS})`,
-            }),
-          ),
-          healthyThreshold: Type.Optional(
-            Type.Integer({
-              minimum: 1,
-              description: `Passed checks that bring an upstream back (default ${DEFAULT_HEALTHY_THRESHOLD})`,
-            }),
-          ),
-          unhealthyThreshold: Type.Optional(
-            Type.Integer({
-              minimum: 1,
-              description: `Failed checks that take an upstream out (default ${DEFAULT_UNHEALTHY_THRESHOLD})`,
-            }),
-          ),
-        },
-        { additionalProperties: false, description: "Active health checks of this route's upstreams" },
       ),
     ),
   },
@@ -320,9 +284,6 @@ export interface ResolvedRoute {
   idleMs: number
   /** host + path, for logs and error bodies. */
   label: string
-  healthCheck:
-    | { path: string; intervalMs: number; timeoutMs: number; healthyThreshold: number; unhealthyThreshold: number }
-    | undefined
 }
 
 export interface ResolvedListen {
@@ -473,16 +434,6 @@ function resolveRoute(route: RouteOptions, index: number): ResolvedRoute {
     responseMs: route.timeouts?.responseMs ?? DEFAULT_RESPONSE_TIMEOUT_MS,
     idleMs: route.timeouts?.idleMs ?? DEFAULT_IDLE_TIMEOUT_MS,
     label: `${host}${path || '/'}`,
-    healthCheck:
-      route.healthCheck === undefined
-        ? undefined
-        : {
-            path: route.healthCheck.path,
-            intervalMs: route.healthCheck.intervalMs ?? DEFAULT_HEALTH_CHECK_INTERVAL_MS,
-            timeoutMs: route.healthCheck.timeoutMs ?? DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
-            healthyThreshold: route.healthCheck.healthyThreshold ?? DEFAULT_HEALTHY_THRESHOLD,
-            unhealthyThreshold: route.healthCheck.unhealthyThreshold ?? DEFAULT_UNHEALTHY_THRESHOLD,
-          },
   }
 }
 

@@ -91,7 +91,6 @@ export function formatPlan(report: ConfigPlan): string {
     const extras = [
       route.rewritePrefix !== route.path ? `rewrite to ${route.rewritePrefix || '/'}` : undefined,
       route.websocket ? 'websocket' : undefined,
-      route.healthCheck ? `health check ${route.healthCheck.path} every ${route.healthCheck.intervalMs} ms` : undefined,
     ].filter(Boolean)
     lines.push(
       `  ${route.label.padEnd(width)}  -> ${route.upstreams.join(', ')}${extras.length ? `  (${extras.join(', ')})` : ''}`,

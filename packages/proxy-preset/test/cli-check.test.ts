@@ -89,11 +89,15 @@ defaultCertificate: { cert: ${certs.cert}, key: ${certs.key} }
 routes:
   - host: app.example.test
     upstream: [http://127.0.0.1:3001, http://127.0.0.1:3002]
-    healthCheck: { path: /healthz, intervalMs: 1000 }
     timeouts: { connectMs: 2000, responseMs: 0 }
     headers: { request: { set: { x-env: prod } }, response: { remove: [server] } }
 `,
-        [/HTTP\/1\.1$/m, /health check \/healthz every 1000 ms/, /default certificate/, /access log: on/],
+        [
+          /HTTP\/1\.1$/m,
+          /app\.example\.test\/ +-> http:\/\/127\.0\.0\.1:3001, http:\/\/127\.0\.0\.1:3002/,
+          /default certificate/,
+          /access log: on/,
+        ],
       ],
       [
         'ipv4.json',
