@@ -2,7 +2,8 @@
 // runs the build through `prepack`), install the tarballs with npm into a scratch project outside the workspace,
 // type-check an ESM and a CommonJS consumer with skipLibCheck false under NodeNext, Node16 and Bundler, and run
 // both with plain `node`: the plugin example against the harness's Pebble (the harness is installed from its
-// tarball too) and startProxy() with a certificate file, each answering a real HTTPS request.
+// tarball too) and startProxy() with a certificate file, each answering a real HTTPS request; and the preset's
+// `autotls` bin checks a good and a bad configuration file.
 //
 // The consumers live in ./consumer and are excluded from the workspace's type-check: they are checked here, with a
 // user's compiler settings against the installed declarations.
@@ -146,5 +147,28 @@ test('packed packages install with npm and work for ESM and CommonJS consumers',
   const cjsReply = JSON.parse(cjs.stdout.trim().split('\n').pop()!)
   assert.deepEqual(cjsReply, { status: 200, body: 'upstream saw cjs.consumer.test /x', subject: 'cjs.consumer.test' })
   assert.doesNotMatch(cjs.stderr, /ExperimentalWarning/, 'require() of the packages is not experimental on this Node')
-  t.diagnostic(`consumers ran in ${since(runStart)}; whole test ${since(started)}`)
+  t.diagnostic(`consumers ran in ${since(runStart)}`)
+
+  // 5. The `autotls` bin of the installed preset: a good file prints the plan, a bad one exits 1 naming the option.
+  await writeFile(
+    join(app, 'good.yaml'),
+    'acme: { directory: letsencrypt-staging, termsOfServiceAgreed: true }\nroutes:\n  - host: packed.example.test\n    upstream: http://127.0.0.1:3000\n',
+  )
+  await writeFile(
+    join(app, 'bad.yaml'),
+    'acme: { directory: letsencrypt-staging, termsOfServiceAgreed: true }\nroutes:\n  - host: packed.example.test\n    upstream: 127.0.0.1:3000\n',
+  )
+  const bin = join(app, 'node_modules', '.bin', 'autotls')
+  const good = await run(bin, ['check', '-c', 'good.yaml'], app)
+  assert.match(good.stdout, /packed\.example\.test\/ +-> http:\/\/127\.0\.0\.1:3000/)
+  assert.match(good.stdout, /good\.yaml: OK/)
+  await assert.rejects(run(bin, ['check', '-c', 'bad.yaml'], app), (err: Error) => {
+    assert.match(
+      err.message,
+      /bad\.yaml:4:5: FPROXY_INVALID_OPTIONS: routes\.0\.upstream: .*write "http:\/\/127\.0\.0\.1:3000"/,
+    )
+    assert.match(err.message, /exit code 1|Command failed/)
+    return true
+  })
+  t.diagnostic(`whole test ${since(started)}`)
 })

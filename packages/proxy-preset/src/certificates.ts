@@ -4,7 +4,7 @@
 // default certificate).
 import { isIP } from 'node:net'
 import { canonicalName } from '@autotls/fastify-acme/internal'
-import { ERR_CERTIFICATE_CONFLICT, ERR_NO_CERTIFICATE, ERR_WILDCARD_NEEDS_CERTIFICATE } from './errors.js'
+import { atOption, ERR_CERTIFICATE_CONFLICT, ERR_NO_CERTIFICATE, ERR_WILDCARD_NEEDS_CERTIFICATE } from './errors.js'
 import { wildcardOf } from './hosts.js'
 import type { ResolvedProxyOptions } from './options.js'
 
@@ -43,18 +43,22 @@ export function planCertificates(
   if (opts.acme) {
     if (opts.acme.names !== undefined) {
       acmeNames = [...new Set(opts.acme.names.map((n) => canonicalName(n)))]
-      for (const name of acmeNames) if (manualCovers(name)) throw new ERR_CERTIFICATE_CONFLICT(name)
+      for (const [i, name] of acmeNames.entries()) {
+        if (manualCovers(name)) throw atOption(new ERR_CERTIFICATE_CONFLICT(name), ['acme', 'names', i])
+      }
     } else {
       const hosts = opts.routes.filter((r) => !r.wildcard && acmeEligible(r.host) && !manualCovers(r.host))
       acmeNames = [...new Set(hosts.map((r) => r.host))]
     }
   }
   const acmeSet = new Set(acmeNames)
-  for (const route of opts.routes) {
+  for (const [i, route] of opts.routes.entries()) {
     if (route.wildcard) {
-      if (!manualSet.has(route.host) && !hasDefault) throw new ERR_WILDCARD_NEEDS_CERTIFICATE(route.host)
+      if (!manualSet.has(route.host) && !hasDefault) {
+        throw atOption(new ERR_WILDCARD_NEEDS_CERTIFICATE(route.host), ['routes', i, 'host'])
+      }
     } else if (!acmeSet.has(route.host) && !manualCovers(route.host) && !hasDefault) {
-      throw new ERR_NO_CERTIFICATE(route.host)
+      throw atOption(new ERR_NO_CERTIFICATE(route.host), ['routes', i, 'host'])
     }
   }
   return { acmeNames, manualHosts }

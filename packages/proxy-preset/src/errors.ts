@@ -32,6 +32,34 @@ export const ERR_CERTIFICATE_CONFLICT = createError<[string, Cause?]>(
   'FPROXY_CERTIFICATE_CONFLICT',
   'proxy-preset: %s is listed in `acme.names` and covered by a manual `certificates` entry; choose one',
 )
+export const ERR_LISTEN_FAILED = createError<[string, string, string, Cause?]>(
+  'FPROXY_LISTEN_FAILED',
+  'proxy-preset: the %s listener cannot listen on %s: %s',
+)
+export const ERR_CONFIG_FILE = createError<[string, Cause?]>('FPROXY_CONFIG_FILE', 'proxy-preset: %s')
+export const ERR_RELOAD_REFUSED = createError<[string, Cause?]>(
+  'FPROXY_RELOAD_REFUSED',
+  'proxy-preset: reload refused, the running configuration is kept: %s',
+)
+
+/** Where in the options an error is (`['routes', 1, 'upstream']`), for a configuration file to point at a line. */
+export const kOptionPath = Symbol.for('@autotls/proxy-preset.option-path')
+export type OptionPath = Array<string | number>
+
+/** Attaches an option path to an error (kept if one is already there: the innermost is the most precise). */
+export function atOption<E extends Error>(error: E, path: OptionPath): E {
+  const target = error as E & { [kOptionPath]?: OptionPath; optionPath?: string }
+  if (target[kOptionPath] === undefined) {
+    target[kOptionPath] = path
+    target.optionPath = path.join('.')
+  }
+  return error
+}
+
+/** The option path attached by atOption(), if any. */
+export function optionPathOf(error: unknown): OptionPath | undefined {
+  return (error as { [kOptionPath]?: OptionPath } | null)?.[kOptionPath]
+}
 export const ERR_BAD_CERTIFICATE = createError<[string, string, Cause?]>(
   'FPROXY_BAD_CERTIFICATE',
   'proxy-preset: certificate %s refused: %s',

@@ -8,7 +8,7 @@ export interface HealthState {
   draining(): boolean
   /** Certificate counts by source; `pending` = ACME names not served yet. */
   certificates(): { acme: number; acmeValid: number; manual: number }
-  sites: number
+  sites(): number
 }
 
 export function registerHealth(
@@ -24,7 +24,7 @@ export function registerHealth(
     return reply.code(draining ? 503 : 200).send({
       status: draining ? 'draining' : 'ok',
       uptimeSeconds: Math.round((Date.now() - started) / 1000),
-      sites: state.sites,
+      sites: state.sites(),
       certificates: state.certificates(),
     })
   })

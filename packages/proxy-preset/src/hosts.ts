@@ -22,6 +22,26 @@ export function parseRouteHost(input: string): ParsedHost {
   const trimmed = input.trim().toLowerCase()
   const withoutDot = trimmed.endsWith('.') ? trimmed.slice(0, -1) : trimmed
   if (withoutDot === '') throw new ERR_INVALID_HOST(JSON.stringify(input), 'empty')
+  // The usual mistakes (a URL, a host with a port or a path), with what to write instead.
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//.exec(withoutDot)
+  if (scheme) {
+    const bare = withoutDot.slice(scheme[0].length).split(/[/:?#]/, 1)[0] ?? ''
+    throw new ERR_INVALID_HOST(input, `a host has no scheme; write "${bare}" (routes are served over HTTPS)`)
+  }
+  const port = /^([^:/]+):(\d*)$/.exec(withoutDot)
+  if (port) {
+    throw new ERR_INVALID_HOST(
+      input,
+      `a host has no port; write "${port[1]}" (the listening port is https.port${port[2] ? `, e.g. https: { port: ${port[2]} }` : ''})`,
+    )
+  }
+  if (withoutDot.includes('/')) {
+    const [bare, ...rest] = withoutDot.split('/')
+    throw new ERR_INVALID_HOST(
+      input,
+      `a host has no path; write host: "${bare}" and path: "/${rest.join('/').replace(/\/$/, '')}"`,
+    )
+  }
   if (isIP(withoutDot) === 4) return { host: withoutDot, wildcard: false }
   if (isIP(withoutDot.replace(/^\[|\]$/g, '')) === 6) {
     throw new ERR_INVALID_HOST(input, 'IPv6 literals are not supported as route hosts; use a DNS name')

@@ -1,21 +1,86 @@
 // Entry point: createProxy() builds the edge proxy from options (HTTPS app with routes, certificates from ACME and/or
-// files, the port-80 app, health, graceful close) without listening; startProxy() also listens and handles signals.
+// files, the port-80 app, health, admin, graceful close) without listening; startProxy() also listens and handles
+// signals. proxy.reload() applies a new configuration while running (routes, upstreams, certificate files).
+import { watch as watchFs } from 'node:fs'
+import { ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { basename, dirname } from 'node:path'
 import type { Server as TlsServer } from 'node:tls'
 import { CertResolver, type FastifyAcme, fastifyAcme } from '@autotls/fastify-acme'
 import type { FastifyInstance } from 'fastify'
+import { registerAccessLog } from './access-log.js'
+import { type AdminServer, startAdmin } from './admin.js'
 import { type CertificatePlan, planCertificates } from './certificates.js'
+import { atOption, ERR_LISTEN_FAILED } from './errors.js'
+import { buildGeneration, type Generation } from './generation.js'
 import { registerHealth } from './health.js'
 import { ManualCertificates } from './manual-certs.js'
+import { ProxyMetrics } from './metrics.js'
 import { type ProxyOptions, type ResolvedListen, type ResolvedProxyOptions, resolveProxyOptions } from './options.js'
 import { buildRedirectApp } from './redirect.js'
-import { buildSiteTable, registerRoutes } from './routes.js'
+import { type ReloadResult, reloadable, restartOnlyChanges } from './reload.js'
+import { dispatchSite, registerHttp2HeaderLimit, registerNotFound } from './routes.js'
 import { baseTlsOptions, buildHttpsApp } from './server.js'
 import { ConnectionTracker, gracefulClose, onSignals } from './shutdown.js'
+
+export type { ReloadResult } from './reload.js'
 
 export interface ProxyAddresses {
   https: AddressInfo
   http: AddressInfo | undefined
+}
+
+/** How a running proxy finds its next configuration (the CLI passes its file). Not needed for proxy.reload(options). */
+export interface ProxyRuntime {
+  /** Reads the configuration again: for reloads on `reloadSignal`, on a change of `watchFile`, and from the admin. */
+  reloadSource?: () => Promise<{ options: ProxyOptions; describeError?: (err: unknown) => string }>
+  /** A signal that reloads from reloadSource (startProxy only), e.g. 'SIGHUP'. */
+  reloadSignal?: NodeJS.Signals
+  /** A file whose changes reload from reloadSource (startProxy only). */
+  watchFile?: string
+}
+
+/** How long a replaced generation keeps its upstream pools open for requests that entered it just before a swap. */
+const RETIRE_AFTER_MS = 2_000
+const WATCH_DEBOUNCE_MS = 200
+
+async function listenOn(app: FastifyInstance, where: ResolvedListen, listener: string): Promise<void> {
+  try {
+    try {
+      await app.listen({ host: where.host, port: where.port })
+    } catch (err) {
+      const code = (err as { code?: string }).code
+      // '::' (the default) fails where IPv6 is disabled; IPv4 everywhere is the closest meaning.
+      if (where.host === '::' && (code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL')) {
+        await app.listen({ host: '0.0.0.0', port: where.port })
+        return
+      }
+      throw err
+    }
+  } catch (err) {
+    throw listenError(err, where, listener)
+  }
+}
+
+/** A listen failure that names the listener and the option to change. */
+export function listenError(err: unknown, where: ResolvedListen, listener: string): Error {
+  const code = (err as { code?: string }).code
+  const address = where.host.includes(':') ? `[${where.host}]:${where.port}` : `${where.host}:${where.port}`
+  const reason =
+    code === 'EADDRINUSE'
+      ? `the port is in use by another process; stop it or choose another ${listener}.port`
+      : code === 'EACCES'
+        ? `permission denied (ports below 1024 need a privilege; see "Running unprivileged"), or choose another ${listener}.port`
+        : code === 'EADDRNOTAVAIL'
+          ? `no interface of this machine has that address; fix ${listener}.host`
+          : `${(err as Error).message}`
+  return atOption(new ERR_LISTEN_FAILED(listener, address, reason, { cause: err }), [listener])
+}
+
+function addressOf(app: FastifyInstance): AddressInfo {
+  const address = app.server.address()
+  if (address === null || typeof address === 'string') throw new Error('server is not listening on a TCP port')
+  return address
 }
 
 /** What createProxy()/startProxy() return. */
@@ -32,76 +97,140 @@ export interface ProxyHandle {
   readonly resolver: CertResolver
   /** Which names are served from where. */
   readonly plan: CertificatePlan
+  /** The running configuration (changes with each applied reload). */
   readonly options: ResolvedProxyOptions
-  /** Listens on the HTTP listener (if any), then the HTTPS one, and starts watching certificate files. */
+  /** The configuration generation: 1 at start, +1 per applied reload. */
+  readonly generation: number
+  /** The metrics registry (prom-client), when the admin listener is on. */
+  readonly metrics: ProxyMetrics | undefined
+  /** Listens on the HTTP listener (if any), then the HTTPS one (and admin), and starts watching certificate files. */
   listen(): Promise<ProxyAddresses>
   addresses(): ProxyAddresses
+  /** The admin listener's address, when it is on and listening. */
+  adminAddress(): AddressInfo | undefined
+  /**
+   * Applies a new configuration without dropping a request: routes, upstreams, certificate files, trusted proxies,
+   * access log, body limit. Listener options (ports, limits, ACME account, admin) need a restart: they are kept and
+   * listed in `ignored`. An invalid configuration is refused (`applied: false`, `errors`) and the running one kept.
+   * Reloads run one at a time.
+   */
+  reload(options: ProxyOptions): Promise<ReloadResult>
+  /** Resolves once every generation replaced by a reload has closed (its last upstream requests done). */
+  settled(): Promise<void>
+  /** Reloads from the runtime's reloadSource (what SIGHUP, a file change and the admin's POST /reload do). */
+  reloadFromSource(): Promise<ReloadResult>
   /** Graceful close: stop accepting, finish in-flight requests within shutdown.graceMs, close. Idempotent. */
   close(): Promise<void>
 }
 
-async function listenOn(app: FastifyInstance, where: ResolvedListen): Promise<void> {
-  try {
-    await app.listen({ host: where.host, port: where.port })
-  } catch (err) {
-    const code = (err as { code?: string }).code
-    // '::' (the default) fails where IPv6 is disabled; IPv4 everywhere is the closest meaning.
-    if (where.host === '::' && (code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL')) {
-      await app.listen({ host: '0.0.0.0', port: where.port })
-      return
-    }
-    throw err
-  }
-}
-
-function addressOf(app: FastifyInstance): AddressInfo {
-  const address = app.server.address()
-  if (address === null || typeof address === 'string') throw new Error('server is not listening on a TCP port')
-  return address
-}
-
 /** Builds the proxy without listening. Throws FPROXY_* (or FACME_*) errors for unusable options or certificates. */
-export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
-  const resolved = resolveProxyOptions(options)
-  const sites = buildSiteTable(resolved.routes)
+export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime = {}): Promise<ProxyHandle> {
+  let active = resolveProxyOptions(options)
+  const initial = active
   const resolver = new CertResolver()
-  const app = buildHttpsApp(resolved, resolver, sites)
+  let current: Generation | undefined
+  const retiring = new Map<Generation, Promise<void>>()
+  // The host dispatch of every request: configured hosts go to the current routing generation, the rest (health,
+  // routes added to `app`, unknown hosts) to the listener's own app.
+  const front = (
+    req: Parameters<Generation['handler']>[0],
+    res: Parameters<Generation['handler']>[1],
+    main: Generation['handler'],
+  ) => {
+    const gen = current!
+    if (dispatchSite(req, gen.sites, initial.health) !== undefined) gen.handler(req, res)
+    else main(req, res)
+  }
+  const app = buildHttpsApp(initial, resolver, front)
   const tracker = new ConnectionTracker()
   tracker.track(app.server)
   let draining = false
   let certificates: ManualCertificates | undefined
   let redirectApp: FastifyInstance | undefined
-  try {
-    if (resolved.certificates.length > 0 || resolved.defaultCertificate) {
-      const tlsBase = baseTlsOptions(resolved.limits)
-      certificates = new ManualCertificates({
-        sources: resolved.certificates,
-        defaultSource: resolved.defaultCertificate,
-        resolver,
-        log: app.log.child({ component: 'certificates' }),
-        debounceMs: resolved.reload.debounceMs,
-        pollIntervalMs: resolved.reload.pollIntervalMs,
-        // Clients without SNI get the server's own context, which must follow the default certificate too.
-        onDefault: (pair) =>
-          (app.server as unknown as TlsServer).setSecureContext({ ...tlsBase, key: pair.key, cert: pair.cert }),
-      })
-      await certificates.load()
+  let admin: AdminServer | undefined
+  const metrics = initial.admin ? new ProxyMetrics() : undefined
+  const log = app.log
+  let generationId = 0
+  const buildNext = (opts: ResolvedProxyOptions) =>
+    buildGeneration(++generationId, opts, {
+      log,
+      trusted: opts.trustedProxies,
+      draining: () => draining,
+      decorate: (genApp, gen) => {
+        metrics?.instrument(genApp)
+        if (gen.options.accessLog) registerAccessLog(genApp, log)
+      },
+    })
+
+  // Upgrades (websockets) go to the generation when it proxies websockets; otherwise they are answered as ordinary
+  // requests (400 for a route without websockets, 421 for unknown hosts). Listened to only while needed: without an
+  // 'upgrade' listener Node treats an upgrade request as an ordinary request on a kept connection.
+  const onUpgrade = (req: import('node:http').IncomingMessage, socket: import('node:net').Socket, head: Buffer) => {
+    const gen = current!
+    if (gen.websocket && dispatchSite(req, gen.sites, initial.health) !== undefined) {
+      gen.upgrade(req, socket, head)
+      return
     }
-    const plan = planCertificates(resolved, certificates ?? { hosts: () => [] })
+    const res = new ServerResponse(req)
+    res.assignSocket(socket)
+    res.on('finish', () => socket.destroy())
+    front(req, res, app.routing as unknown as Generation['handler'])
+  }
+  let upgrading = false
+  const syncUpgrade = () => {
+    const want = current?.websocket ?? false
+    if (want && !upgrading) app.server.on('upgrade', onUpgrade)
+    if (!want && upgrading) app.server.off('upgrade', onUpgrade)
+    upgrading = want
+  }
+
+  const loadCertificates = async (
+    opts: ResolvedProxyOptions,
+    into: CertResolver,
+  ): Promise<ManualCertificates | undefined> => {
+    if (opts.certificates.length === 0 && !opts.defaultCertificate) return undefined
+    const tlsBase = baseTlsOptions(initial.limits)
+    const loaded = new ManualCertificates({
+      sources: opts.certificates,
+      defaultSource: opts.defaultCertificate,
+      resolver: into,
+      log: log.child({ component: 'certificates' }),
+      debounceMs: opts.reload.debounceMs,
+      pollIntervalMs: opts.reload.pollIntervalMs,
+      // Clients without SNI get the server's own context, which must follow the default certificate too.
+      onDefault:
+        into === resolver
+          ? (pair) =>
+              (app.server as unknown as TlsServer).setSecureContext({ ...tlsBase, key: pair.key, cert: pair.cert })
+          : undefined,
+    })
+    try {
+      await loaded.load()
+    } catch (err) {
+      await loaded.close()
+      throw err
+    }
+    return loaded
+  }
+
+  try {
+    certificates = await loadCertificates(initial, resolver)
+    let plan = planCertificates(initial, certificates ?? { hosts: () => [] })
 
     let acme: FastifyAcme | undefined
-    if (plan.acmeNames.length > 0 && resolved.acme) {
-      const { names: _names, ...acmeOptions } = resolved.acme
+    if (plan.acmeNames.length > 0 && initial.acme) {
+      const { names: _names, ...acmeOptions } = initial.acme
       const challenges =
         acmeOptions.challenges ??
-        (resolved.http?.acmeChallenges ? ['tls-alpn-01' as const, 'http-01' as const] : ['tls-alpn-01' as const])
+        (initial.http?.acmeChallenges ? ['tls-alpn-01' as const, 'http-01' as const] : ['tls-alpn-01' as const])
       await app.register(fastifyAcme, { ...acmeOptions, names: plan.acmeNames, challenges })
       acme = app.acme
     }
+    const acmeNames = new Set(plan.acmeNames)
 
     const healthState = {
       draining: () => draining,
-      sites: sites.size,
+      sites: () => current?.sites.size ?? 0,
       certificates: () => {
         const statuses = acme?.statuses() ?? []
         return {
@@ -111,53 +240,207 @@ export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
         }
       },
     }
-    if (resolved.health) registerHealth(app, resolved.health, healthState)
-    const { dispatchers } = registerRoutes(app, {
-      sites,
-      options: resolved,
-      trusted: resolved.trustedProxies,
-      draining: () => draining,
+    if (initial.health) registerHealth(app, initial.health, healthState)
+    registerHttp2HeaderLimit(app, initial)
+    // Requests that did not come through the listener (app.inject()) are dispatched here instead.
+    registerNotFound(app, (req) => {
+      const gen = current!
+      return dispatchSite(req, gen.sites, initial.health) === undefined ? undefined : (gen.handler as never)
     })
-    app.addHook('onClose', async () => {
-      await Promise.all(dispatchers.map((d) => d.close().catch(() => d.destroy())))
-    })
+    current = await buildNext(initial)
+    syncUpgrade()
 
-    if (resolved.http) {
-      const acmeNames = new Set(plan.acmeNames)
+    if (initial.http) {
       redirectApp = await buildRedirectApp({
-        options: resolved.http,
-        health: resolved.health,
+        options: initial.http,
+        health: initial.health,
         healthState,
-        limits: resolved.limits,
-        knows: (host) => sites.get(host) !== undefined || acmeNames.has(host),
+        limits: initial.limits,
+        knows: (host) => current!.sites.get(host) !== undefined || acmeNames.has(host),
         acme,
         log: app.log.child({ listener: 'http' }),
       })
       tracker.track(redirectApp.server)
     }
 
+    // --- reload -------------------------------------------------------------------------------------------------
+    const applyReload = async (input: ProxyOptions): Promise<ReloadResult> => {
+      const next = resolveProxyOptions(input)
+      const ignored = restartOnlyChanges(active, next)
+      const merged = reloadable(active, next)
+      const filesChanged =
+        JSON.stringify([merged.certificates, merged.defaultCertificate]) !==
+        JSON.stringify([active.certificates, active.defaultCertificate])
+      // New certificate files are validated on a scratch resolver before anything served changes.
+      let coverage: { hosts(): string[] } = certificates ?? { hosts: () => [] }
+      if (filesChanged) {
+        const scratch = await loadCertificates(merged, new CertResolver())
+        coverage = scratch ?? { hosts: () => [] }
+        await scratch?.close()
+      }
+      const nextPlan = planCertificates({ ...merged, acme: active.acme }, coverage)
+      const added = nextPlan.acmeNames.filter((n) => !acmeNames.has(n))
+      if (added.length > 0) {
+        // TODO(runtime ACME names): fastify-acme is getting app.acme.add(name) / app.acme.remove(name); once it has
+        // them, call add() for `added` here (and remove() for names no route uses) instead of refusing.
+        const index = merged.routes.findIndex((r) => r.host === added[0])
+        throw atOption(
+          new Error(
+            `${added.join(', ')} would need a new ACME certificate, which a running proxy cannot order yet: restart to add it, or serve it from a certificate file`,
+          ),
+          ['routes', Math.max(0, index), 'host'],
+        )
+      }
+      const gen = await buildNext(merged)
+      if (filesChanged) {
+        let loaded: ManualCertificates | undefined
+        try {
+          loaded = await loadCertificates(merged, resolver)
+        } catch (err) {
+          await gen.close()
+          throw err
+        }
+        const keep = new Set(loaded?.hosts() ?? [])
+        for (const host of certificates?.hosts() ?? [])
+          if (!keep.has(host) && !acmeNames.has(host)) resolver.delete(host)
+        if (!merged.defaultCertificate) resolver.setFallback(undefined)
+        await certificates?.close()
+        certificates = loaded
+        if (app.server.listening) certificates?.start()
+      }
+      const before = new Set(active.routes.map((r) => r.label))
+      const after = new Set(merged.routes.map((r) => r.label))
+      const old = current!
+      current = gen
+      active = merged
+      plan = { acmeNames: plan.acmeNames, manualHosts: nextPlan.manualHosts }
+      syncUpgrade()
+      retiring.set(
+        old,
+        new Promise<void>((resolve) => {
+          setTimeout(() => {
+            void old
+              .close()
+              .catch((err) => log.warn({ err, generation: old.id }, 'closing a replaced generation failed'))
+              .finally(() => {
+                retiring.delete(old)
+                log.debug({ generation: old.id }, 'replaced generation closed')
+                resolve()
+              })
+          }, RETIRE_AFTER_MS).unref()
+        }),
+      )
+      const result: ReloadResult = {
+        applied: true,
+        generation: gen.id,
+        errors: [],
+        ignored,
+        routesAdded: [...after].filter((l) => !before.has(l)),
+        routesRemoved: [...before].filter((l) => !after.has(l)),
+      }
+      log.info({ ...result }, 'configuration reloaded')
+      metrics?.reloaded(true)
+      return result
+    }
+    let queue: Promise<unknown> = Promise.resolve()
+    const reload = (input: ProxyOptions, describe?: (err: unknown) => string): Promise<ReloadResult> => {
+      const run = queue.then(async () => {
+        if (draining) return refused(['the proxy is shutting down'])
+        try {
+          return await applyReload(input)
+        } catch (err) {
+          const message = describe ? describe(err) : (err as Error).message
+          log.error({ err }, 'reload refused, the running configuration is kept')
+          return refused([message])
+        }
+      })
+      queue = run
+      return run
+    }
+    const refused = (errors: string[]): ReloadResult => {
+      metrics?.reloaded(false)
+      return { applied: false, generation: current!.id, errors, ignored: [], routesAdded: [], routesRemoved: [] }
+    }
+    const reloadFromSource = async (): Promise<ReloadResult> => {
+      if (!runtime.reloadSource) return refused(['this proxy has no configuration source to reload from'])
+      let source: Awaited<ReturnType<NonNullable<ProxyRuntime['reloadSource']>>>
+      try {
+        source = await runtime.reloadSource()
+      } catch (err) {
+        const message = (err as { located?: string }).located ?? (err as Error).message
+        log.error({ err }, 'reload refused, the running configuration is kept')
+        return refused([message])
+      }
+      return reload(source.options, source.describeError)
+    }
+
     let closing: Promise<void> | undefined
     const http = redirectApp
+    if (initial.admin) {
+      const adminOptions = initial.admin
+      metrics!.attach({
+        acme: () => acme,
+        certificates: () => certificates,
+        resolver,
+        upstreamHealth: () =>
+          active.routes.flatMap((r) =>
+            r.upstreams.map((upstream) => ({
+              route: r.label,
+              upstream,
+              healthy: current!.health(r.label, upstream).healthy,
+            })),
+          ),
+      })
+      admin = await startAdmin({
+        options: adminOptions,
+        log: app.log.child({ listener: 'admin' }),
+        metrics: metrics!,
+        reload: reloadFromSource,
+        status: () => ({
+          draining,
+          generation: current!.id,
+          options: active,
+          acme,
+          certificates,
+          upstreamHealth: (route, upstream) => current!.health(route, upstream),
+        }),
+        acme,
+        resolver,
+        listenError: (err) => listenError(err, adminOptions, 'admin'),
+      })
+    }
     const proxy: ProxyHandle = {
       app,
       redirectApp: http,
       acme,
-      certificates,
+      get certificates() {
+        return certificates
+      },
       resolver,
-      plan,
-      options: resolved,
+      get plan() {
+        return plan
+      },
+      get options() {
+        return active
+      },
+      get generation() {
+        return current!.id
+      },
+      metrics,
       async listen() {
-        if (http) await listenOn(http, resolved.http!)
+        if (http) await listenOn(http, initial.http!, 'http')
         try {
-          await listenOn(app, resolved.https)
+          await listenOn(app, initial.https, 'https')
+          if (admin) await admin.listen()
         } catch (err) {
           await http?.close()
+          await app.close()
           throw err
         }
         certificates?.start()
         const addresses = proxy.addresses()
         app.log.info(
-          { https: addresses.https.port, http: addresses.http?.port, sites: sites.size, acme: plan.acmeNames },
+          { https: addresses.https.port, http: addresses.http?.port, sites: current!.sites.size, acme: plan.acmeNames },
           'proxy listening',
         )
         return addresses
@@ -165,20 +448,27 @@ export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
       addresses() {
         return { https: addressOf(app), http: http?.server.listening ? addressOf(http) : undefined }
       },
+      adminAddress: () => admin?.address(),
+      reload: (input) => reload(input),
+      reloadFromSource,
+      settled: async () => {
+        await Promise.all(retiring.values())
+      },
       close() {
         closing ??= gracefulClose({
-          graceMs: resolved.shutdown.graceMs,
+          graceMs: initial.shutdown.graceMs,
           log: app.log,
           tracker,
           servers: [app.server, ...(http ? [http.server] : [])] as never,
-          // Upstream requests still waiting would hold the app's onClose (pool close waits for them).
+          // Upstream requests still waiting would hold the generations' onClose (pool close waits for them).
           onForce: () => {
-            for (const d of dispatchers) void d.destroy().catch(() => {})
+            for (const gen of [current!, ...retiring.keys()]) gen.destroy()
           },
           close: async () => {
             draining = true
             try {
-              await Promise.all([app.close(), http?.close()])
+              await Promise.all([app.close(), http?.close(), admin?.close()])
+              await Promise.all([current!, ...retiring.keys()].map((gen) => gen.close()))
             } finally {
               await certificates?.close()
             }
@@ -191,6 +481,8 @@ export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
   } catch (err) {
     await certificates?.close()
     await redirectApp?.close()
+    await admin?.close()
+    await current?.close()
     await app.close()
     throw err
   }
@@ -198,17 +490,47 @@ export async function createProxy(options: ProxyOptions): Promise<ProxyHandle> {
 
 /**
  * Builds, starts and returns the proxy; SIGINT/SIGTERM (configurable) start a graceful shutdown, after which the
- * process exits (unless `shutdown.exit` is false).
+ * process exits (unless `shutdown.exit` is false). With a runtime, `reloadSignal` and changes of `watchFile` reload.
  */
-export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
-  const proxy = await createProxy(options)
+export async function startProxy(options: ProxyOptions, runtime: ProxyRuntime = {}): Promise<ProxyHandle> {
+  const proxy = await createProxy(options, runtime)
   await proxy.listen()
   const { signals, exit } = proxy.options.shutdown
-  const uninstall = onSignals(signals, proxy.app.log, async () => {
+  const log = proxy.app.log
+  const cleanups: Array<() => void> = []
+  if (runtime.reloadSignal) {
+    const signal = runtime.reloadSignal
+    const onReload = () => {
+      log.info({ signal }, 'reloading the configuration')
+      void proxy.reloadFromSource()
+    }
+    process.on(signal, onReload)
+    cleanups.push(() => process.off(signal, onReload))
+  }
+  if (runtime.watchFile) {
+    const file = runtime.watchFile
+    let timer: NodeJS.Timeout | undefined
+    // The directory, not the file: editors and deploy tools replace a file by renaming a new one over it.
+    const watcher = watchFs(dirname(file), { persistent: false }, (_event, name) => {
+      if (name !== null && name.toString() !== basename(file)) return
+      clearTimeout(timer)
+      timer = setTimeout(() => {
+        log.info({ file }, 'configuration file changed: reloading')
+        void proxy.reloadFromSource()
+      }, WATCH_DEBOUNCE_MS)
+    })
+    watcher.on('error', (err) => log.warn({ err, file }, 'watching the configuration file failed'))
+    cleanups.push(() => {
+      clearTimeout(timer)
+      watcher.close()
+    })
+  }
+  const uninstall = onSignals(signals, log, async () => {
+    for (const cleanup of cleanups) cleanup()
     try {
       await proxy.close()
     } catch (err) {
-      proxy.app.log.error({ err }, 'error while closing')
+      log.error({ err }, 'error while closing')
       process.exitCode = 1
     }
     uninstall()
@@ -217,6 +539,7 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
   const close = proxy.close
   return Object.assign(proxy, {
     close: async () => {
+      for (const cleanup of cleanups) cleanup()
       uninstall()
       await close()
     },

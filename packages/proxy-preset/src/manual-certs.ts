@@ -13,7 +13,7 @@ import { basename, dirname, resolve } from 'node:path'
 import type { CertificateInfo, CertResolver, KeyCertPair } from '@autotls/fastify-acme'
 import { checkPair } from '@autotls/fastify-acme/internal'
 import type { FastifyBaseLogger } from 'fastify'
-import { ERR_BAD_CERTIFICATE } from './errors.js'
+import { atOption, ERR_BAD_CERTIFICATE } from './errors.js'
 import { parseRouteHost } from './hosts.js'
 
 /** Accepted clock skew for a certificate whose validity starts in the (near) future. */
@@ -153,11 +153,17 @@ export class ManualCertificates {
       running: undefined,
       again: false,
     })
-    this.#entries = deps.sources.map((s) =>
+    this.#entries = deps.sources.map((s, i) =>
       entry(
         s.cert,
         s.key,
-        (s.hosts ?? []).map((h) => parseRouteHost(h).host),
+        (s.hosts ?? []).map((h, j) => {
+          try {
+            return parseRouteHost(h).host
+          } catch (err) {
+            throw atOption(err as Error, ['certificates', i, 'hosts', j])
+          }
+        }),
         false,
       ),
     )
@@ -166,7 +172,17 @@ export class ManualCertificates {
 
   /** First load: every file must be readable and valid, else this throws (a proxy must not start half-configured). */
   async load(): Promise<void> {
-    for (const entry of this.#entries) {
+    for (const [i, entry] of this.#entries.entries()) {
+      try {
+        await this.#loadOne(entry)
+      } catch (err) {
+        throw atOption(err as Error, entry.isDefault ? ['defaultCertificate'] : ['certificates', i])
+      }
+    }
+  }
+
+  async #loadOne(entry: Entry): Promise<void> {
+    {
       const { key, cert } = await this.#read(entry)
       if (!entry.isDefault && entry.hosts.length === 0) {
         const info = validatePair(entry.certPath, key, cert, [], this.#now())

@@ -5,7 +5,7 @@ import { AcmeOptionsSchema, type FastifyAcmeOptions, type Storage } from '@autot
 import { type Static, Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import type { FastifyBaseLogger, FastifyServerOptions } from 'fastify'
-import { ERR_DUPLICATE_ROUTE, ERR_INVALID_OPTIONS } from './errors.js'
+import { atOption, ERR_DUPLICATE_ROUTE, ERR_INVALID_OPTIONS, type OptionPath } from './errors.js'
 import { compileTrust, type TrustFunction } from './forwarded.js'
 import { parseRouteHost } from './hosts.js'
 
@@ -28,6 +28,9 @@ export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
 export const DEFAULT_SHUTDOWN_SIGNALS = ['SIGINT', 'SIGTERM'] as const
 export const DEFAULT_RELOAD_DEBOUNCE_MS = 200
 export const DEFAULT_RELOAD_POLL_MS = 5_000
+/** The admin listener (metrics, status, reload) binds loopback unless told otherwise. */
+export const DEFAULT_ADMIN_HOST = '127.0.0.1'
+export const DEFAULT_ADMIN_PORT = 9180
 
 // A path prefix: '/'-separated segments of unreserved/sub-delim characters. No ':' '*' (router syntax), no '%',
 // '?', '#', ';', no dot-segments: a prefix must mean the same thing to the router and to the upstream.
@@ -211,6 +214,28 @@ export const ProxyOptionsSchema = Type.Object(
         ),
       ]),
     ),
+    admin: Type.Optional(
+      Type.Union([
+        Type.Literal(false),
+        Type.Object(
+          {
+            host: Type.Optional(
+              Type.String({ minLength: 1, description: `Address to bind (default ${DEFAULT_ADMIN_HOST}: loopback)` }),
+            ),
+            port: Type.Optional(
+              Type.Integer({ minimum: 0, maximum: 65535, description: `default ${DEFAULT_ADMIN_PORT}; 0 picks one` }),
+            ),
+            token: Type.Optional(
+              Type.String({ minLength: 16, description: 'Bearer token required on every admin request' }),
+            ),
+          },
+          { additionalProperties: false, description: 'Admin listener: /metrics, /status, POST /reload' },
+        ),
+      ]),
+    ),
+    accessLog: Type.Optional(
+      Type.Boolean({ description: 'One JSON line per request through the logger (default false)' }),
+    ),
     shutdown: Type.Optional(
       Type.Object(
         {
@@ -286,6 +311,8 @@ export interface ResolvedProxyOptions {
     http2SessionTimeoutMs: number
   }
   health: { path: string; host: string | undefined } | undefined
+  admin: { host: string; port: number; token: string | undefined } | undefined
+  accessLog: boolean
   shutdown: { signals: NodeJS.Signals[]; graceMs: number; exit: boolean }
   logger: ProxyOptions['logger']
 }
@@ -299,40 +326,70 @@ function normalizePrefix(prefix: string | undefined): string {
   return trimmed
 }
 
-function upstreamOrigin(url: string, where: string): string {
+/** ERR_INVALID_OPTIONS for the option at `path`, its message prefixed with the dotted path. */
+function invalid(path: OptionPath, message: string, cause?: unknown): Error {
+  const error = new ERR_INVALID_OPTIONS(`${path.join('.')}: ${message}`, ...(cause === undefined ? [] : [{ cause }]))
+  return atOption(error, path)
+}
+
+/** What a user probably meant by an upstream without a scheme (`127.0.0.1:3000`, `localhost:3000/`). */
+function upstreamHint(url: string): string {
+  const bare = url.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').replace(/\/+$/, '')
+  return `http://${bare}`
+}
+
+function upstreamOrigin(url: string, path: OptionPath): string {
   let parsed: URL
   try {
     parsed = new URL(url)
   } catch (err) {
-    throw new ERR_INVALID_OPTIONS(`${where}: ${JSON.stringify(url)} is not a URL`, { cause: err })
+    throw invalid(path, `${JSON.stringify(url)} is not a URL; write an origin such as "${upstreamHint(url)}"`, err)
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
-    throw new ERR_INVALID_OPTIONS(`${where}: upstreams must be http:// or https:// URLs`)
+    throw invalid(path, `upstreams must be http:// or https:// URLs; write e.g. "${upstreamHint(url)}"`)
   }
   if (parsed.username || parsed.password) {
-    throw new ERR_INVALID_OPTIONS(`${where}: credentials in upstream URLs are not supported; use headers.request.set`)
+    throw invalid(path, 'credentials in upstream URLs are not supported; use headers.request.set')
   }
   if ((parsed.pathname !== '/' && parsed.pathname !== '') || parsed.search || parsed.hash) {
-    throw new ERR_INVALID_OPTIONS(
-      `${where}: an upstream is an origin (scheme://host:port); to send requests under a path upstream, use rewritePrefix`,
+    throw invalid(
+      path,
+      `an upstream is an origin (scheme://host:port): write "${parsed.origin}" and, to send requests under ${JSON.stringify(parsed.pathname)} upstream, rewritePrefix: ${JSON.stringify(parsed.pathname.replace(/\/$/, ''))}`,
     )
   }
   return parsed.origin
 }
 
-function headerChanges(input: RouteOptions['headers'], which: 'request' | 'response', where: string): HeaderChanges {
+function headerChanges(input: RouteOptions['headers'], which: 'request' | 'response', index: number): HeaderChanges {
+  const where = `routes.${index}`
   const changes = input?.[which]
   const set: Array<[string, string]> = []
   for (const [name, value] of Object.entries(changes?.set ?? {})) {
-    if (!HEADER_NAME.test(name)) throw new ERR_INVALID_OPTIONS(`${where}.headers.${which}.set: bad header name ${name}`)
+    if (!HEADER_NAME.test(name)) {
+      throw atOption(new ERR_INVALID_OPTIONS(`${where}.headers.${which}.set: bad header name ${name}`), [
+        'routes',
+        index,
+        'headers',
+        which,
+        'set',
+        name,
+      ])
+    }
     if (/[\r\n\0]/.test(value)) {
-      throw new ERR_INVALID_OPTIONS(`${where}.headers.${which}.set.${name}: value contains CR, LF or NUL`)
+      throw invalid(['routes', index, 'headers', which, 'set', name], 'value contains CR, LF or NUL')
     }
     set.push([name.toLowerCase(), value])
   }
-  const remove = (changes?.remove ?? []).map((name) => {
+  const remove = (changes?.remove ?? []).map((name, i) => {
     if (!HEADER_NAME.test(name)) {
-      throw new ERR_INVALID_OPTIONS(`${where}.headers.${which}.remove: bad header name ${name}`)
+      throw atOption(new ERR_INVALID_OPTIONS(`${where}.headers.${which}.remove: bad header name ${name}`), [
+        'routes',
+        index,
+        'headers',
+        which,
+        'remove',
+        i,
+      ])
     }
     return name.toLowerCase()
   })
@@ -340,12 +397,29 @@ function headerChanges(input: RouteOptions['headers'], which: 'request' | 'respo
 }
 
 function resolveRoute(route: RouteOptions, index: number): ResolvedRoute {
-  const where = `routes.${index}`
-  const { host, wildcard } = parseRouteHost(route.host)
-  const path = normalizePrefix(route.path)
+  let parsedHost: ReturnType<typeof parseRouteHost>
+  try {
+    parsedHost = parseRouteHost(route.host)
+  } catch (err) {
+    throw atOption(err as Error, ['routes', index, 'host'])
+  }
+  const { host, wildcard } = parsedHost
+  const path = atPath(['routes', index, 'path'], () => normalizePrefix(route.path))
   const upstreamList = Array.isArray(route.upstream) ? route.upstream : [route.upstream]
-  const upstreams = [...new Set(upstreamList.map((u) => upstreamOrigin(u, `${where}.upstream`)))]
-  const rewritePrefix = route.rewritePrefix === undefined ? path : normalizePrefix(route.rewritePrefix)
+  const upstreams = [
+    ...new Set(
+      upstreamList.map((u, i) =>
+        upstreamOrigin(
+          u,
+          Array.isArray(route.upstream) ? ['routes', index, 'upstream', i] : ['routes', index, 'upstream'],
+        ),
+      ),
+    ),
+  ]
+  const rewritePrefix =
+    route.rewritePrefix === undefined
+      ? path
+      : atPath(['routes', index, 'rewritePrefix'], () => normalizePrefix(route.rewritePrefix))
   return {
     host,
     wildcard,
@@ -354,8 +428,8 @@ function resolveRoute(route: RouteOptions, index: number): ResolvedRoute {
     rewritePrefix,
     websocket: route.websocket ?? false,
     preserveHost: route.preserveHost ?? true,
-    requestHeaders: headerChanges(route.headers, 'request', where),
-    responseHeaders: headerChanges(route.headers, 'response', where),
+    requestHeaders: headerChanges(route.headers, 'request', index),
+    responseHeaders: headerChanges(route.headers, 'response', index),
     connectMs: route.timeouts?.connectMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
     responseMs: route.timeouts?.responseMs ?? DEFAULT_RESPONSE_TIMEOUT_MS,
     idleMs: route.timeouts?.idleMs ?? DEFAULT_IDLE_TIMEOUT_MS,
@@ -363,11 +437,97 @@ function resolveRoute(route: RouteOptions, index: number): ResolvedRoute {
   }
 }
 
+function atPath<T>(path: OptionPath, fn: () => T): T {
+  try {
+    return fn()
+  } catch (err) {
+    throw atOption(err as Error, path)
+  }
+}
+
+/**
+ * Mistakes the schema alone reports badly (an upstream without a scheme fails a union: "Expected union value"),
+ * checked first so the message says what to write instead.
+ */
+function commonMistakes(data: Record<string, unknown>): void {
+  const routes = data['routes']
+  if (!Array.isArray(routes)) return
+  routes.forEach((route: unknown, index) => {
+    if (route === null || typeof route !== 'object') return
+    const { upstream, host } = route as { upstream?: unknown; host?: unknown }
+    const list = Array.isArray(upstream) ? upstream : [upstream]
+    list.forEach((u, i) => {
+      if (typeof u === 'string' && !/^https?:\/\//i.test(u)) {
+        const path: OptionPath = Array.isArray(upstream)
+          ? ['routes', index, 'upstream', i]
+          : ['routes', index, 'upstream']
+        throw invalid(
+          path,
+          `${JSON.stringify(u)} has no http:// or https:// scheme; write "${upstreamHint(u)}" (or https:// for a TLS upstream)`,
+        )
+      }
+    })
+    if (typeof host === 'string') {
+      try {
+        parseRouteHost(host)
+      } catch (err) {
+        throw atOption(err as Error, ['routes', index, 'host'])
+      }
+    }
+  })
+}
+
+/** Words a misspelt option is compared with (the closest known property of the object it is in). */
+function closest(word: string, candidates: string[]): string | undefined {
+  let best: string | undefined
+  let bestDistance = 3
+  for (const candidate of candidates) {
+    const d = editDistance(word.toLowerCase(), candidate.toLowerCase())
+    if (d < bestDistance) {
+      bestDistance = d
+      best = candidate
+    }
+  }
+  return best
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i)
+  for (let i = 1; i <= a.length; i++) {
+    let previous = row[0]!
+    row[0] = i
+    for (let j = 1; j <= b.length; j++) {
+      const saved = row[j]!
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1))
+      previous = saved
+    }
+  }
+  return row[b.length]!
+}
+
 function checkSchema(data: unknown): void {
   if (Value.Check(ProxyOptionsSchema, data)) return
   const first = Value.Errors(ProxyOptionsSchema, data).First()
-  const where = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : '(root)'
-  throw new ERR_INVALID_OPTIONS(`${where}: ${first?.message ?? 'does not match the schema'}`)
+  const path: OptionPath = (first?.path ?? '')
+    .split('/')
+    .filter((s) => s !== '')
+    .map((s) => (/^\d+$/.test(s) ? Number(s) : s.replace(/~1/g, '/').replace(/~0/g, '~')))
+  let message = first?.message ?? 'does not match the schema'
+  const schema = first?.schema as { description?: string; anyOf?: unknown[]; pattern?: string } | undefined
+  if (first && /Unexpected property/i.test(message)) {
+    // additionalProperties errors carry the object's schema: it lists what is allowed here.
+    const parentSchema = first.schema as { properties?: Record<string, unknown> }
+    const key = String(path.at(-1))
+    const known = Object.keys(parentSchema?.properties ?? {})
+    const suggestion = closest(key, known)
+    message = `unknown option ${JSON.stringify(key)}${suggestion ? `; did you mean ${JSON.stringify(suggestion)}?` : ''}${known.length > 0 ? ` (allowed here: ${known.join(', ')})` : ''}`
+  } else if (first && /Expected required property/i.test(message)) {
+    message = `missing; this option is required`
+  } else if (schema?.description) {
+    message = `${message} (${schema.description})`
+  }
+  const where = path.length > 0 ? path.join('.') : '(root)'
+  throw atOption(new ERR_INVALID_OPTIONS(`${where}: ${message}`), path)
 }
 
 /** Validates user options and fills defaults. Throws FPROXY_* errors that name the option to fix. */
@@ -383,13 +543,14 @@ export function resolveProxyOptions(input: unknown): ResolvedProxyOptions {
     acmeObjects = { ...(storage !== undefined ? { storage } : {}), ...(clock !== undefined ? { clock } : {}) }
   }
   const data = acmeData === undefined ? rest : { ...rest, acme: acmeData }
+  commonMistakes(data as Record<string, unknown>)
   checkSchema(data)
   const opts = data as ProxyOptionsData
 
   const routes = opts.routes.map(resolveRoute)
   const seen = new Set<string>()
-  for (const route of routes) {
-    if (seen.has(route.label)) throw new ERR_DUPLICATE_ROUTE(route.label)
+  for (const [index, route] of routes.entries()) {
+    if (seen.has(route.label)) throw atOption(new ERR_DUPLICATE_ROUTE(route.label), ['routes', index])
     seen.add(route.label)
   }
 
@@ -405,7 +566,7 @@ export function resolveProxyOptions(input: unknown): ResolvedProxyOptions {
           redirectPort: opts.http?.redirectPort ?? (httpsPort === 0 ? DEFAULT_HTTPS_PORT : httpsPort),
         }
   if (http && !http.redirect && !http.acmeChallenges) {
-    throw new ERR_INVALID_OPTIONS('http: with both redirect and acmeChallenges off, set `http: false` instead')
+    throw invalid(['http'], 'with both redirect and acmeChallenges off, write `http: false` instead')
   }
 
   const health =
@@ -413,7 +574,10 @@ export function resolveProxyOptions(input: unknown): ResolvedProxyOptions {
       ? undefined
       : {
           path: opts.health?.path ?? DEFAULT_HEALTH_PATH,
-          host: opts.health?.host === undefined ? undefined : parseRouteHost(opts.health.host).host,
+          host:
+            opts.health?.host === undefined
+              ? undefined
+              : atPath(['health', 'host'], () => parseRouteHost((opts.health as { host: string }).host).host),
         }
 
   return {
@@ -431,7 +595,7 @@ export function resolveProxyOptions(input: unknown): ResolvedProxyOptions {
       debounceMs: opts.reload?.debounceMs ?? DEFAULT_RELOAD_DEBOUNCE_MS,
       pollIntervalMs: opts.reload?.pollIntervalMs ?? DEFAULT_RELOAD_POLL_MS,
     },
-    trustedProxies: compileTrust(opts.trustedProxies ?? []),
+    trustedProxies: atPath(['trustedProxies'], () => compileTrust(opts.trustedProxies ?? [])),
     allowSemicolonInPath: opts.allowSemicolonInPath ?? false,
     limits: {
       bodyBytes: opts.limits?.bodyBytes ?? DEFAULT_BODY_BYTES,
@@ -443,6 +607,15 @@ export function resolveProxyOptions(input: unknown): ResolvedProxyOptions {
       http2SessionTimeoutMs: opts.limits?.http2SessionTimeoutMs ?? DEFAULT_HTTP2_SESSION_TIMEOUT_MS,
     },
     health,
+    admin:
+      opts.admin === undefined || opts.admin === false
+        ? undefined
+        : {
+            host: opts.admin.host ?? DEFAULT_ADMIN_HOST,
+            port: opts.admin.port ?? DEFAULT_ADMIN_PORT,
+            token: opts.admin.token,
+          },
+    accessLog: opts.accessLog ?? false,
     shutdown: {
       signals:
         opts.shutdown?.signals === false

@@ -82,22 +82,40 @@ export const vhostConstraint = {
   },
 }
 
-/** Fastify `rewriteUrl`: the host dispatch described at the top of this file. */
-export function createRewriteUrl(
+/**
+ * The host dispatch described at the top of this file, for the listener's request handler: the site a request
+ * goes to (marked on the request, so the routing app's rewriteUrl does not look it up again), or undefined for the
+ * health path and hosts without routes.
+ */
+export function dispatchSite(
+  req: IncomingMessage,
   sites: HostTable<Site>,
   health: ResolvedProxyOptions['health'],
-): (req: IncomingMessage) => string {
+): Site | undefined {
+  const url = req.url ?? '/'
+  const host = requestHost(req.headers)
+  if (host === undefined || url.charCodeAt(0) !== 47 /* '/' */) return undefined
+  if (health && (health.host === undefined || health.host === host)) {
+    const q = url.indexOf('?')
+    if ((q < 0 ? url : url.slice(0, q)) === health.path) return undefined
+  }
+  const site = sites.get(host)
+  if (site !== undefined) (req as RawRequest)[kSite] = site
+  return site
+}
+
+/** Fastify `rewriteUrl` of a routing app: prefixes the URL with the site's internal prefix. */
+export function createRewriteUrl(sites: HostTable<Site>): (req: IncomingMessage) => string {
   return (req) => {
     const url = req.url ?? '/'
-    const host = requestHost(req.headers)
-    if (host === undefined || url.charCodeAt(0) !== 47 /* '/' */) return url
-    if (health && (health.host === undefined || health.host === host)) {
-      const q = url.indexOf('?')
-      if ((q < 0 ? url : url.slice(0, q)) === health.path) return url
+    let site = (req as RawRequest)[kSite]
+    if (site === undefined) {
+      const host = requestHost(req.headers)
+      if (host === undefined || url.charCodeAt(0) !== 47) return url
+      site = sites.get(host)
+      if (site === undefined) return url
+      ;(req as RawRequest)[kSite] = site
     }
-    const site = sites.get(host)
-    if (site === undefined) return url
-    ;(req as RawRequest)[kSite] = site
     return site.prefix + url
   }
 }
@@ -303,23 +321,45 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
     )
   }
 
-  // HTTP/2 enforces SETTINGS_MAX_HEADER_LIST_SIZE only once the client has acknowledged our SETTINGS; a request
-  // sent with the connection preface is checked here instead (HPACK accounting: name + value + 32 per field).
-  if (options.https.http2) {
-    app.addHook('onRequest', (request, reply, done) => {
-      if (request.raw.httpVersionMajor !== 2) return done()
-      let size = 0
-      const raw = request.raw.rawHeaders
-      for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
-      if (size > options.limits.headerBytes) {
-        reply.send(new ERR_HEADERS_TOO_LARGE(options.limits.headerBytes))
-        return
-      }
-      done()
-    })
-  }
+  registerHttp2HeaderLimit(app, options)
+  registerNotFound(app)
+  return { dispatchers }
+}
 
+/**
+ * HTTP/2 enforces SETTINGS_MAX_HEADER_LIST_SIZE only once the client has acknowledged our SETTINGS; a request sent
+ * with the connection preface is checked here instead (HPACK accounting: name + value + 32 per field).
+ */
+export function registerHttp2HeaderLimit(app: FastifyInstance, options: ResolvedProxyOptions): void {
+  if (!options.https.http2) return
+  app.addHook('onRequest', (request, reply, done) => {
+    if (request.raw.httpVersionMajor !== 2) return done()
+    let size = 0
+    const raw = request.raw.rawHeaders
+    for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
+    if (size > options.limits.headerBytes) {
+      reply.send(new ERR_HEADERS_TOO_LARGE(options.limits.headerBytes))
+      return
+    }
+    done()
+  })
+}
+
+/**
+ * 404 for a known host without a matching prefix, 421 for a host without routes. On the listener's own app,
+ * `handOver` gets a request the listener did not dispatch (app.inject()) a last chance to reach the routing.
+ */
+export function registerNotFound(
+  app: FastifyInstance,
+  handOver?: (req: IncomingMessage) => ((req: IncomingMessage, res: unknown) => void) | undefined,
+): void {
   app.setNotFoundHandler((request, reply) => {
+    const handler = handOver?.(request.raw as IncomingMessage)
+    if (handler !== undefined) {
+      reply.hijack()
+      handler(request.raw as IncomingMessage, reply.raw)
+      return
+    }
     const site = siteOf(request)
     if (site !== undefined) {
       const raw = request.raw as RawRequest
@@ -330,8 +370,6 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
     const host = requestHost(request.headers)
     return reply.send(new ERR_UNKNOWN_HOST(host === undefined ? '(none or malformed)' : host))
   })
-
-  return { dispatchers }
 }
 
 function registerRoute(

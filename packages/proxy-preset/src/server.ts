@@ -1,5 +1,6 @@
 // The HTTPS app: Fastify on fastify-acme's server factory (TLS with an SNI resolver, TLS-ALPN-01 on the same port,
 // HTTP/2 with HTTP/1.1 fallback by default), with the request limits and timeouts applied to the server itself.
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { TlsOptions } from 'node:tls'
 import { acmeServerFactory, type CertResolver } from '@autotls/fastify-acme'
 import Fastify, {
@@ -10,9 +11,7 @@ import Fastify, {
   type FastifyServerOptions,
   LogController,
 } from 'fastify'
-import type { HostTable } from './hosts.js'
 import type { ProxyOptions, ResolvedProxyOptions } from './options.js'
-import { createRewriteUrl, type Site, vhostConstraint } from './routes.js'
 
 type Limits = ResolvedProxyOptions['limits']
 
@@ -58,7 +57,7 @@ function loggerOptions(logger: ProxyOptions['logger']): Partial<FastifyServerOpt
  * http-proxy's `disableRequestLogging`, which http-proxy does not have. Errors are still logged: requests that
  * errored, 5xx from the error handler, stream errors.
  */
-class ProxyLogController extends LogController {
+export class ProxyLogController extends LogController {
   override incomingRequest(): void {}
   override requestCompleted(
     error: Error | null | undefined,
@@ -70,31 +69,42 @@ class ProxyLogController extends LogController {
   }
 }
 
-export function buildHttpsApp(options: ResolvedProxyOptions, resolver: CertResolver, sites: HostTable<Site>) {
+export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void
+
+/**
+ * The listener's own app: the TLS server, ACME, health, routes a user adds, and 421 for unknown hosts. Every request
+ * first goes through `front`, which hands requests for configured hosts to the current routing generation
+ * (generation.ts) and the rest to this app's handler (`main`).
+ */
+export function buildHttpsApp(
+  options: ResolvedProxyOptions,
+  resolver: CertResolver,
+  front: (req: IncomingMessage, res: ServerResponse, main: RequestHandler) => void,
+) {
   const { limits } = options
+  const factory = acmeServerFactory({
+    resolver,
+    tls: {
+      ...baseTlsOptions(limits),
+      // HTTP/2: a header block larger than this is refused (and advertised in SETTINGS).
+      settings: { maxHeaderListSize: limits.headerBytes },
+      maxHeaderSize: limits.headerBytes,
+    } as TlsOptions,
+  })
   const app = Fastify({
     ...loggerOptions(options.logger),
     http2: options.https.http2,
-    serverFactory: acmeServerFactory({
-      resolver,
-      tls: {
-        ...baseTlsOptions(limits),
-        // HTTP/2: a header block larger than this is refused (and advertised in SETTINGS).
-        settings: { maxHeaderListSize: limits.headerBytes },
-        maxHeaderSize: limits.headerBytes,
-      } as TlsOptions,
-    }),
+    serverFactory: (main: RequestHandler, opts: never) =>
+      (factory as unknown as (h: RequestHandler, o: never) => unknown)((req, res) => front(req, res, main), opts),
     bodyLimit: limits.bodyBytes,
     keepAliveTimeout: limits.keepAliveTimeoutMs,
     requestTimeout: limits.requestTimeoutMs,
     http2SessionTimeout: limits.http2SessionTimeoutMs,
-    rewriteUrl: createRewriteUrl(sites, options.health),
-    routerOptions: { constraints: { vhost: vhostConstraint as never } },
     return503OnClosing: true,
     // Proxied request ids are not read from clients.
     requestIdHeader: false,
     logController: new ProxyLogController(),
-  } as FastifyServerOptions) as unknown as FastifyInstance
+  } as unknown as FastifyServerOptions) as unknown as FastifyInstance
   applyHttpLimits(app.server, limits)
   return app
 }

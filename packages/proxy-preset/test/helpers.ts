@@ -1,6 +1,7 @@
 // Shared bits of this package's tests: real upstream servers on port 0, throw-away certificates on disk, and real
 // clients (HTTPS/1.1, HTTP/2, raw TLS) that verify the chain against a given CA.
 
+import { execFile } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import { connect as h2connect } from 'node:http2'
@@ -9,6 +10,7 @@ import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { type PeerCertificate, type TLSSocket, connect as tlsConnect } from 'node:tls'
+import { fileURLToPath } from 'node:url'
 import { makeTestCertificates } from '@autotls/pebble-harness'
 
 export interface Upstream {
@@ -234,4 +236,23 @@ export function json(reply: Reply): Record<string, unknown> {
   } catch {
     throw new Error(`not JSON (status ${reply.status}): ${reply.body.slice(0, 300)}`)
   }
+}
+
+/** The `autotls` command run from the sources, as a real process. */
+export const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url))
+
+export function runCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', '--conditions=source', CLI, ...args],
+      { env: { ...process.env, ...env }, timeout: 60_000 },
+      (error, stdout, stderr) => {
+        resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr })
+      },
+    )
+  })
 }
