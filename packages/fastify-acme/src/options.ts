@@ -369,6 +369,8 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   for (const given of opts.names) {
     const sans = [...new Set((typeof given === 'string' ? [given] : given).map((n) => canonicalName(n, wildcard)))]
     const key = sans[0]!
+    // The same name twice is one name; a name in two certificates is a mistake.
+    if (sans.length === 1 && seen.has(key) && !Object.values(groups).some((g) => g.includes(key))) continue
     for (const san of sans) {
       if (seen.has(san)) throw new ERR_INVALID_OPTIONS(`names: ${san} appears twice (one certificate per name)`)
       seen.add(san)

@@ -68,6 +68,45 @@ describe('resolveOptions', () => {
       'b.example.com',
     ])
   })
+  test('a list of names is one certificate; wildcards only with a DNS provider; issuers and onDemand need a policy', () => {
+    const provider = { present: async () => {}, cleanup: async () => {} }
+    const r = resolveOptions({
+      ...base,
+      names: [['Example.com', '*.example.com'], 'www.example.com'],
+      dns01: { provider },
+    })
+    assert.deepEqual(r.names, ['example.com', 'www.example.com'])
+    assert.deepEqual(r.groups, { 'example.com': ['example.com', '*.example.com'] })
+    assert.deepEqual(r.challenges, ['dns-01'])
+    assert.throws(() => resolveOptions({ ...base, names: ['*.example.com'] }), { code: 'FACME_INVALID_NAME' })
+    assert.throws(() => resolveOptions({ ...base, names: [['a.example.com', 'b.example.com'], 'b.example.com'] }), {
+      code: 'FACME_INVALID_OPTIONS',
+    })
+    assert.throws(() => resolveOptions({ ...base, dns01: { provider: {} } }), { code: 'FACME_INVALID_OPTIONS' })
+    assert.throws(() => resolveOptions({ ...base, challenges: ['dns-01'] }), { code: 'FACME_INVALID_OPTIONS' })
+    const two = resolveOptions({
+      names: ['a.example.com'],
+      termsOfServiceAgreed: true,
+      issuers: [
+        { directory: 'https://ca-one.test/dir' },
+        { directory: 'https://ca-two.test/dir', eab: { kid: 'k', hmacKey: 'aGk' } },
+      ],
+    })
+    assert.deepEqual(
+      two.issuers.map((i) => i.directoryUrl),
+      ['https://ca-one.test/dir', 'https://ca-two.test/dir'],
+    )
+    assert.equal(two.directoryUrl, 'https://ca-one.test/dir')
+    assert.equal(two.issuerAttempts, 2)
+    assert.throws(() => resolveOptions({ ...base, issuers: [{ directory: 'https://x.test/dir' }] }), {
+      code: 'FACME_INVALID_OPTIONS',
+    })
+    assert.throws(() => resolveOptions({ ...base, names: [], onDemand: {} }), { code: 'FACME_ON_DEMAND_NO_POLICY' })
+    assert.throws(() => resolveOptions({ ...base, names: [] }), { code: 'FACME_INVALID_OPTIONS' })
+    const od = resolveOptions({ ...base, names: [], onDemand: { allow: () => true } })
+    assert.equal(od.onDemand?.maxCertificates, 1000)
+    assert.equal(typeof od.onDemand?.allow, 'function')
+  })
   const cases: Array<[string, Record<string, unknown>, string]> = [
     [
       'no directory (production is never chosen silently)',

@@ -46,7 +46,12 @@ export class Maintenance {
       kind = 'issue'
       at = now
     }
-    if (facts.retry && facts.retry.nextAttemptAt > at) {
+    // An attempt still marked as running may belong to another instance sharing the storage, which holds the lock
+    // and may be about to store the certificate: look now (the order path takes the lock and checks storage again).
+    // If the attempt really died with its process, the order path then keeps its retry time, so a crash loop still
+    // orders nothing before it.
+    const interrupted = facts.retry?.lastErrorCode === 'FACME_INTERRUPTED'
+    if (facts.retry && facts.retry.nextAttemptAt > at && !interrupted) {
       kind = 'retry'
       at = facts.retry.nextAttemptAt
       source = undefined
