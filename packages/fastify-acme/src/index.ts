@@ -82,6 +82,19 @@ export default fastifyAcme
 // `@autotls/fastify-acme/internal` (src/internal.ts), which is no stable API.
 export type { CertificateInfo } from './certificate.js'
 export { acmeHttp01 } from './challenge-http.js'
+// DNS-01: the provider contract, the built-in providers and their coded errors.
+export {
+  ERR_DNS_EXEC,
+  ERR_DNS_NO_ANSWER,
+  ERR_DNS_OPTIONS,
+  ERR_DNS_PROPAGATION_TIMEOUT,
+  ERR_DNS_TSIG,
+  ERR_DNS_UPDATE_REFUSED,
+  ERR_DNS_ZONE,
+} from './challenges/dns-01/errors.js'
+export { ExecProvider, type ExecProviderOptions } from './challenges/dns-01/exec.js'
+export type { DnsProvider } from './challenges/dns-01/provider.js'
+export { type Rfc2136Options, Rfc2136Provider } from './challenges/dns-01/rfc2136.js'
 export type { FastifyAcme } from './decorator.js'
 export type { CaFacts } from './error-facts.js'
 export * from './errors.js'

@@ -22,7 +22,11 @@ export const ERR_DUPLICATE_ROUTE = createError<[string, Cause?]>(
 )
 export const ERR_WILDCARD_NEEDS_CERTIFICATE = createError<[string, Cause?]>(
   'FPROXY_WILDCARD_NEEDS_CERTIFICATE',
-  'proxy-preset: %s is a wildcard host: ACME (TLS-ALPN-01, HTTP-01) cannot issue wildcard certificates; add a `certificates` entry covering it (or a `defaultCertificate`)',
+  'proxy-preset: %s is a wildcard host: ACME over TLS-ALPN-01 or HTTP-01 cannot issue wildcard certificates; configure `acme.dns01` (a DNS provider) or add a `certificates` entry covering it (or a `defaultCertificate`)',
+)
+export const ERR_ON_DEMAND_ROUTE = createError<[Cause?]>(
+  'FPROXY_ON_DEMAND_ROUTE',
+  "proxy-preset: a route with host '*' serves hosts that get certificates on demand; configure `acme.onDemand` (ask, allow or allowSuffixes)",
 )
 export const ERR_NO_CERTIFICATE = createError<[string, Cause?]>(
   'FPROXY_NO_CERTIFICATE',

@@ -58,6 +58,8 @@ export interface GenerationDeps {
   log: FastifyBaseLogger
   trusted: RoutingDeps['trusted']
   draining: () => boolean
+  /** Hosts the `*` route takes: those with an on-demand certificate. */
+  acceptOnDemand?: (host: string) => boolean
   /** Hooks added to every generation's app (metrics, access log), only when those features are on. */
   decorate?: (app: FastifyInstance, generation: { id: number; options: ResolvedProxyOptions }) => void
 }
@@ -67,7 +69,7 @@ export async function buildGeneration(
   options: ResolvedProxyOptions,
   deps: GenerationDeps,
 ): Promise<Generation> {
-  const sites = buildSiteTable(options.routes)
+  const sites = buildSiteTable(options.routes, deps.acceptOnDemand)
   const server = new DetachedServer()
   let handler: RequestHandler | undefined
   const app = Fastify({

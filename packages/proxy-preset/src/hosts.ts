@@ -42,6 +42,8 @@ export function parseRouteHost(input: string): ParsedHost {
       `a host has no path; write host: "${bare}" and path: "/${rest.join('/').replace(/\/$/, '')}"`,
     )
   }
+  // Any host that gets a certificate on demand (customer domains): the route for names no other route has.
+  if (withoutDot === '*') return { host: '*', wildcard: false }
   if (isIP(withoutDot) === 4) return { host: withoutDot, wildcard: false }
   if (isIP(withoutDot.replace(/^\[|\]$/g, '')) === 6) {
     throw new ERR_INVALID_HOST(input, 'IPv6 literals are not supported as route hosts; use a DNS name')
@@ -109,12 +111,13 @@ export class HostTable<T> {
     return this.#entries.has(host)
   }
 
-  /** Exact match first, then the wildcard one label up. */
+  /** Exact match first, then the wildcard one label up, then the `*` entry (on-demand hosts), if any. */
   get(host: string): T | undefined {
     const exact = this.#entries.get(host)
     if (exact !== undefined) return exact
     const wildcard = wildcardOf(host)
-    return wildcard === undefined ? undefined : this.#entries.get(wildcard)
+    const covered = wildcard === undefined ? undefined : this.#entries.get(wildcard)
+    return covered ?? this.#entries.get('*')
   }
 
   keys(): IterableIterator<string> {

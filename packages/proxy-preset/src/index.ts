@@ -151,9 +151,11 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
   const metrics = initial.admin ? new ProxyMetrics() : undefined
   const log = app.log
   let generationId = 0
+  let acceptOnDemand: (host: string) => boolean = () => false
   const buildNext = (opts: ResolvedProxyOptions) =>
     buildGeneration(++generationId, opts, {
       log,
+      acceptOnDemand: (host) => acceptOnDemand(host),
       trusted: opts.trustedProxies,
       draining: () => draining,
       decorate: (genApp, gen) => {
@@ -218,15 +220,20 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
     let plan = planCertificates(initial, certificates ?? { hosts: () => [] })
 
     let acme: FastifyAcme | undefined
-    if (plan.acmeNames.length > 0 && initial.acme) {
+    if ((plan.acmeNames.length > 0 || initial.acme?.onDemand) && initial.acme) {
       const { names: _names, ...acmeOptions } = initial.acme
-      const challenges =
-        acmeOptions.challenges ??
-        (initial.http?.acmeChallenges ? ['tls-alpn-01' as const, 'http-01' as const] : ['tls-alpn-01' as const])
+      // TLS-ALPN-01 on the proxy's port, HTTP-01 on port 80 when it answers them, DNS-01 with a provider (wildcards).
+      const challenges = acmeOptions.challenges ?? [
+        'tls-alpn-01' as const,
+        ...(initial.http?.acmeChallenges ? ['http-01' as const] : []),
+        ...(acmeOptions.dns01 ? ['dns-01' as const] : []),
+      ]
       await app.register(fastifyAcme, { ...acmeOptions, names: plan.acmeNames, challenges })
       acme = app.acme
     }
     const acmeNames = new Set(plan.acmeNames)
+    // The `*` route takes the hosts fastify-acme serves on demand (a name it manages and no route names).
+    acceptOnDemand = (host) => acme?.status(host) !== undefined
 
     const healthState = {
       draining: () => draining,
@@ -256,7 +263,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
         health: initial.health,
         healthState,
         limits: initial.limits,
-        knows: (host) => current!.sites.get(host) !== undefined || acmeNames.has(host),
+        knows: (host) => current!.sites.get(host) !== undefined || acmeNames.has(host) || acceptOnDemand(host),
         acme,
         log: app.log.child({ listener: 'http' }),
       })
@@ -280,9 +287,9 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       }
       const nextPlan = planCertificates({ ...merged, acme: active.acme }, coverage)
       const added = nextPlan.acmeNames.filter((n) => !acmeNames.has(n))
-      if (added.length > 0) {
-        // TODO(runtime ACME names): fastify-acme is getting app.acme.add(name) / app.acme.remove(name); once it has
-        // them, call add() for `added` here (and remove() for names no route uses) instead of refusing.
+      const dropped = plan.acmeNames.filter((n) => !nextPlan.acmeNames.includes(n))
+      if (added.length > 0 && acme === undefined) {
+        // The plugin was not registered at start (no ACME name then): a running proxy cannot add it.
         const index = merged.routes.findIndex((r) => r.host === added[0])
         throw atOption(
           new Error(
@@ -291,6 +298,8 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
           ['routes', Math.max(0, index), 'host'],
         )
       }
+      // New names are ordered now (their routes answer once the certificate is served); stored ones serve at once.
+      if (added.length > 0) await acme?.add(added)
       const gen = await buildNext(merged)
       if (filesChanged) {
         let loaded: ManualCertificates | undefined
@@ -313,7 +322,11 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       const old = current!
       current = gen
       active = merged
-      plan = { acmeNames: plan.acmeNames, manualHosts: nextPlan.manualHosts }
+      // Names no route uses any more are no longer renewed nor served (their files are kept).
+      if (dropped.length > 0) await acme?.remove(dropped)
+      for (const name of added) acmeNames.add(name)
+      for (const name of dropped) acmeNames.delete(name)
+      plan = { acmeNames: nextPlan.acmeNames, manualHosts: nextPlan.manualHosts }
       syncUpgrade()
       retiring.set(
         old,
@@ -554,6 +567,8 @@ export {
   type CaFacts,
   type CertificateInfo,
   type CertResolver,
+  type DnsProvider,
+  ExecProvider,
   type FastifyAcme,
   type FastifyAcmeOptions,
   FileStorage,
@@ -564,6 +579,7 @@ export {
   type NameState,
   type NameStatus,
   type OrderReason,
+  Rfc2136Provider,
   type Storage,
 } from '@autotls/fastify-acme'
 // fastify-acme's error classes (codes FACME_*), as one namespace: their names overlap this package's FPROXY_* ones.

@@ -56,7 +56,8 @@ export const RouteSchema = Type.Object(
     host: Type.String({
       minLength: 1,
       maxLength: 255,
-      description: 'Exact host (app.example.com) or one-label wildcard (*.example.com)',
+      description:
+        "Exact host (app.example.com), one-label wildcard (*.example.com), or '*': any host that gets a certificate on demand (needs acme.onDemand)",
     }),
     path: Type.Optional(
       Type.String({ pattern: PREFIX_PATTERN, description: "Path prefix this route owns (default '/': everything)" }),
@@ -541,6 +542,18 @@ export function resolveProxyOptions(input: unknown): ResolvedProxyOptions {
     const { storage, clock, ...data } = acme as Record<string, unknown>
     acmeData = data
     acmeObjects = { ...(storage !== undefined ? { storage } : {}), ...(clock !== undefined ? { clock } : {}) }
+    // Objects inside the data: the DNS provider and the on-demand decision function, put back after the schema.
+    for (const [option, field] of [
+      ['dns01', 'provider'],
+      ['onDemand', 'allow'],
+    ] as const) {
+      const value = data[option] as Record<string, unknown> | undefined
+      if (value !== null && typeof value === 'object' && value[field] !== undefined) {
+        const { [field]: object, ...rest } = value
+        acmeData[option] = rest
+        acmeObjects[option] = { ...rest, [field]: object }
+      }
+    }
   }
   const data = acmeData === undefined ? rest : { ...rest, acme: acmeData }
   commonMistakes(data as Record<string, unknown>)

@@ -40,6 +40,8 @@ export interface Site {
   host: string
   prefix: string
   routes: ResolvedRoute[]
+  /** For the `*` site: which hosts it takes (those with an on-demand certificate); others are unknown hosts. */
+  accept?: (host: string) => boolean
 }
 
 type RawRequest = IncomingMessage & { [kSite]?: Site; [kTooLarge]?: boolean; originalUrl?: string }
@@ -49,13 +51,17 @@ export function siteOf(request: FastifyRequest): Site | undefined {
   return (request.raw as RawRequest)[kSite]
 }
 
-export function buildSiteTable(routes: readonly ResolvedRoute[]): HostTable<Site> {
+export function buildSiteTable(
+  routes: readonly ResolvedRoute[],
+  acceptOnDemand: (host: string) => boolean = () => false,
+): HostTable<Site> {
   const table = new HostTable<Site>()
   for (const route of routes) {
     let site = table.has(route.host) ? table.get(route.host) : undefined
     if (site === undefined) {
       const id = String(table.size)
       site = { id, host: route.host, prefix: `${VHOST_PREFIX}/${id}`, routes: [] }
+      if (route.host === '*') site.accept = acceptOnDemand
       table.set(route.host, site)
     }
     site.routes.push(route)
@@ -100,7 +106,8 @@ export function dispatchSite(
     if ((q < 0 ? url : url.slice(0, q)) === health.path) return undefined
   }
   const site = sites.get(host)
-  if (site !== undefined) (req as RawRequest)[kSite] = site
+  if (site === undefined || (site.accept !== undefined && !site.accept(host))) return undefined
+  ;(req as RawRequest)[kSite] = site
   return site
 }
 

@@ -1,5 +1,5 @@
 // DNS-01 building blocks: the provider contract, the built-in providers (RFC 2136, exec), the propagation check and
-// the solver that runs one challenge. Not yet re-exported from the package entry: wired in with the manager.
+// the solver that runs one challenge. The package entry exports the providers and errors; the rest is for tests.
 export {
   ERR_DNS_EXEC,
   ERR_DNS_NO_ANSWER,
