@@ -19,6 +19,29 @@ interface Entry {
 
 export type SniCallback = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void
 
+/** What the SNI callback's `this` is: the server-side TLS socket, over its TCP socket (`_parent`). */
+interface SniSocket {
+  remoteAddress?: string
+  _parent?: { write(data: Uint8Array): boolean; end(): void; writable?: boolean }
+}
+
+/**
+ * A fatal `unrecognized_name` alert (RFC 6066), as a plaintext TLS record: nothing of the handshake has been sent yet
+ * when the server name is looked at, so the client gets a clear verdict instead of a bare end of connection.
+ */
+const UNRECOGNIZED_NAME_ALERT = Buffer.from([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x70])
+
+/** Ends a handshake for a name we have no certificate for: the alert on the TCP socket, else Node's own failure. */
+function refuse(socket: SniSocket | undefined, cb: (err: Error | null) => void, err: Error): void {
+  const tcp = socket?._parent
+  if (tcp && typeof tcp.write === 'function' && tcp.writable !== false) {
+    tcp.write(UNRECOGNIZED_NAME_ALERT)
+    tcp.end()
+    return
+  }
+  cb(err)
+}
+
 /**
  * Asked for a name the resolver has no certificate for (on-demand TLS): resolves with the certificate to serve, or
  * rejects to fail the handshake. Returns undefined to decline at once (the fallback, or a failed handshake, follows).
@@ -141,17 +164,18 @@ export class CertResolver {
    */
   readonly sni: SniCallback = (() => {
     const resolver = this
-    return function sni(this: { remoteAddress?: string } | undefined, servername, cb) {
+    return function sni(this: SniSocket | undefined, servername, cb) {
       const ctx = resolver.lookup(servername, resolver.#unknown === undefined)
       if (ctx !== undefined) {
         cb(null, ctx)
         return
       }
-      const pending = resolver.#unknown?.(servername, this?.remoteAddress)
+      const socket = this
+      const pending = resolver.#unknown?.(servername, socket?.remoteAddress)
       if (pending === undefined) {
         const fallback = resolver.#unknown === undefined ? undefined : resolver.#fallback?.context
         if (fallback) cb(null, fallback)
-        else cb(new Error(`no certificate for server name ${JSON.stringify(servername).slice(0, 300)}`))
+        else refuse(socket, cb, new Error(`no certificate for server name ${JSON.stringify(servername).slice(0, 300)}`))
         return
       }
       pending.then(
@@ -159,7 +183,7 @@ export class CertResolver {
           const built = resolver.lookup(servername, false)
           cb(null, built ?? createSecureContext({ key: pair.key, cert: pair.cert }))
         },
-        (err: Error) => cb(err),
+        (err: Error) => refuse(socket, cb, err),
       )
     } as SniCallback
   })()
