@@ -45,14 +45,17 @@ const RETIRE_AFTER_MS = 2_000
 const WATCH_DEBOUNCE_MS = 200
 
 async function listenOn(app: FastifyInstance, where: ResolvedListen, listener: string): Promise<void> {
+  // Fastify cannot tell that a serverFactory server speaks TLS: its start line would say http:// for the HTTPS one.
+  const listenTextResolver = (address: string) =>
+    `Server listening at ${listener === 'https' ? address.replace(/^http:/, 'https:') : address}`
   try {
     try {
-      await app.listen({ host: where.host, port: where.port })
+      await app.listen({ host: where.host, port: where.port, listenTextResolver })
     } catch (err) {
       const code = (err as { code?: string }).code
       // '::' (the default) fails where IPv6 is disabled; IPv4 everywhere is the closest meaning.
       if (where.host === '::' && (code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL')) {
-        await app.listen({ host: '0.0.0.0', port: where.port })
+        await app.listen({ host: '0.0.0.0', port: where.port, listenTextResolver })
         return
       }
       throw err
