@@ -170,12 +170,11 @@ export class CertResolver {
         cb(null, ctx)
         return
       }
-      const socket = this
-      const pending = resolver.#unknown?.(servername, socket?.remoteAddress)
+      const pending = resolver.#unknown?.(servername, this?.remoteAddress)
       if (pending === undefined) {
         const fallback = resolver.#unknown === undefined ? undefined : resolver.#fallback?.context
         if (fallback) cb(null, fallback)
-        else refuse(socket, cb, new Error(`no certificate for server name ${JSON.stringify(servername).slice(0, 300)}`))
+        else refuse(this, cb, new Error(`no certificate for server name ${JSON.stringify(servername).slice(0, 300)}`))
         return
       }
       pending.then(
@@ -183,7 +182,7 @@ export class CertResolver {
           const built = resolver.lookup(servername, false)
           cb(null, built ?? createSecureContext({ key: pair.key, cert: pair.cert }))
         },
-        (err: Error) => refuse(socket, cb, err),
+        (err: Error) => refuse(this, cb, err),
       )
     } as SniCallback
   })()

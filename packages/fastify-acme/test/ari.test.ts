@@ -121,7 +121,22 @@ describe('ARI with 20 s certificates', () => {
 
   test('an unknown profile is never sent; a profile the CA refuses is FACME_INVALID_PROFILE', async (t) => {
     const name = 'profile.ari.test'
-    const app = await frontApp(pebble, front, [name], { profile: 'tlsserver', issueOnStart: false })
+    const logLines: string[] = []
+    const app = await startApp({
+      port: pebble.tlsPort,
+      logLines,
+      acme: {
+        names: [name],
+        directory: front.directoryUrl,
+        termsOfServiceAgreed: true,
+        caRoots: [front.caBundle],
+        cacheDir: await mkdtemp(join(tmpdir(), 'facme-ari-')),
+        profile: 'tlsserver',
+        issueOnStart: false,
+      },
+    })
+    // Reported once the server listens, before any order.
+    while (!logLines.some((l) => l.includes('FACME_UNKNOWN_PROFILE'))) await new Promise((r) => setTimeout(r, 20))
     const before = front.orders.length
     await assert.rejects(app.acme.issue(name), (err: Error & { code?: string }) => {
       assert.equal(err.code, 'FACME_UNKNOWN_PROFILE')

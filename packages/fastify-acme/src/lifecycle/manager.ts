@@ -6,7 +6,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { trustRoots } from '../acme.js'
 import type { CertificateRecord } from '../certificate.js'
-import { ERR_CLOSED, ERR_UNKNOWN_NAME } from '../errors.js'
+import { ERR_CLOSED, ERR_UNKNOWN_NAME, ERR_UNKNOWN_PROFILE } from '../errors.js'
 import type { AcmeEventEmitter, OrderReason } from '../events.js'
 import { canonicalName, normalizeServerName } from '../names.js'
 import type { Clock, ResolvedOptions } from '../options.js'
@@ -345,6 +345,7 @@ export class CertificateManager {
     }
     this.#states.listening()
     this.#maintenance.start(this.#entries.values())
+    void this.#checkProfile()
     // Renewal information: each served certificate's stored poll time, or soon (spread over up to a minute when many
     // names have none yet, so a large store does not ask the CA all at once).
     const now = this.#clock.now()
@@ -357,6 +358,22 @@ export class CertificateManager {
     this.#verifying = this.#verifyCached().catch((err: Error) => {
       this.#log.error({ err }, 'fastify-acme: checking the cached certificates stopped')
     })
+  }
+
+  /**
+   * A configured profile is checked against each CA's directory once the server listens, so a misspelt one is
+   * reported at start, not at the first renewal; orders never send a profile the CA does not offer either way.
+   */
+  async #checkProfile(): Promise<void> {
+    const profile = this.#o.profile
+    if (profile === undefined) return
+    for (const ctx of this.#issuers) {
+      const directory = await ctx.accounts.directory(this.#abort.signal).catch(() => undefined)
+      if (directory && !Object.hasOwn(directory.profiles, profile)) {
+        const err = new ERR_UNKNOWN_PROFILE(profile, Object.keys(directory.profiles).join(', ') || 'none')
+        this.#log.error({ err, directory: ctx.issuer.directoryUrl }, 'fastify-acme: certificate profile not offered')
+      }
+    }
   }
 
   /** The background check of sealed records served unchecked at load. */
