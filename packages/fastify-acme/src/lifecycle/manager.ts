@@ -272,13 +272,13 @@ export class CertificateManager {
     if (this.#abort.signal.aborted) throw new ERR_CLOSED()
     const fresh = canonical.filter((name) => !this.#entries.has(name)).map((name) => this.#track(name))
     for (const entry of fresh) entry.onDemand = options.onDemand === true
+    // Loading plans each name (and arms it once the server listens): a missing certificate is ordered at once.
     await this.#loadNames(fresh.map((e) => e.name))
-    for (const entry of fresh) {
-      if (entry.next === undefined && !entry.record) this.#maintenance.plan(entry)
-      if (this.#started && entry.next && this.#entries.get(entry.name) === entry) {
-        this.#maintenance.set(entry, entry.next.kind, entry.next.at, entry.next.source)
-        if (entry.record)
+    if (this.#started) {
+      for (const entry of fresh) {
+        if (entry.record && this.#entries.get(entry.name) === entry) {
           this.#issuers[entry.issuer]!.ari.schedule(entry.name, entry.ari?.nextPollAt ?? this.#clock.now())
+        }
       }
     }
     if (fresh.length > 0)
