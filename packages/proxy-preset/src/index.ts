@@ -158,6 +158,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       acceptOnDemand: (host) => acceptOnDemand(host),
       trusted: opts.trustedProxies,
       draining: () => draining,
+      previous: current,
       decorate: (genApp, gen) => {
         metrics?.instrument(genApp)
         if (gen.options.accessLog) registerAccessLog(genApp, log)
