@@ -7,7 +7,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import { after, before, describe, test } from 'node:test'
 import { Pool, request } from 'undici'
 import { createProxy, type ProxyHandle } from '../src/index.js'
-import { type CertFiles, certFiles, rawTls } from './helpers.js'
+import { type CertFiles, certFiles, rawTls, startUpstream, type Upstream } from './helpers.js'
 
 const HOST = 'lb.test.local'
 const INTERVAL_MS = 200
@@ -70,12 +70,17 @@ describe('upstream health', () => {
   const a = new KillableUpstream('a')
   const b = new KillableUpstream('b')
   let deadUrl: string
+  let echo: Upstream
+  let resetter: Upstream
 
   before(async () => {
-    certs = await certFiles([HOST, 'down.test.local', 'ws.test.local'])
+    certs = await certFiles([HOST, 'down.test.local', 'ws.test.local', 'refused.test.local', 'reset.test.local'])
     await a.start()
     await b.start()
     deadUrl = `http://127.0.0.1:${await unusedPort()}`
+    echo = await startUpstream('echo')
+    // Reads the whole request, then resets the connection without a response byte.
+    resetter = await startUpstream('resetter', (req) => req.socket.destroy())
     proxy = await createProxy({
       logger: false,
       https: { host: '127.0.0.1', port: 0 },
@@ -90,6 +95,9 @@ describe('upstream health', () => {
         },
         { host: 'down.test.local', upstream: [deadUrl, `http://127.0.0.1:${await unusedPort()}`] },
         { host: 'ws.test.local', upstream: deadUrl, websocket: true },
+        // ejectMs 0: no passive ejection, every other request tries the failing upstream first.
+        { host: 'refused.test.local', upstream: [deadUrl, echo.url], ejectMs: 0 },
+        { host: 'reset.test.local', upstream: [resetter.url, echo.url], ejectMs: 0 },
       ],
     })
     port = (await proxy.listen()).https.port
@@ -105,6 +113,8 @@ describe('upstream health', () => {
     await proxy?.close()
     a.kill()
     b.kill()
+    await echo?.close()
+    await resetter?.close()
     await certs?.remove()
   })
 
@@ -201,6 +211,58 @@ describe('upstream health', () => {
     assert.ok(a.served - before >= 5, `requests reach the recovered upstream again (${a.served - before} of 20)`)
     const metrics = await (await request(`${admin}/metrics`)).body.text()
     assert.match(metrics, new RegExp(`autotls_upstream_healthy\\{[^}]*upstream="${a.url}"[^}]*\\} 1`))
+  })
+
+  test('connection refused: a POST with a body is sent to the other upstream, body intact', async () => {
+    const before = echo.seen.length
+    const statuses: number[] = []
+    for (let i = 0; i < 6; i++) {
+      const res = await client.request({
+        path: `/refused/${i}`,
+        method: 'POST',
+        headers: { host: 'refused.test.local', 'content-type': 'text/plain' },
+        body: `payload ${i}`,
+      })
+      await res.body.text()
+      statuses.push(res.statusCode)
+    }
+    assert.deepEqual(statuses, [200, 200, 200, 200, 200, 200])
+    const got = echo.seen.slice(before).map((r) => r.body)
+    assert.deepEqual(
+      got,
+      [0, 1, 2, 3, 4, 5].map((i) => `payload ${i}`),
+    )
+  })
+
+  test('reset before any response byte: GET retried on the other upstream, POST not retried', async () => {
+    const echoBefore = echo.seen.length
+    const resetBefore = resetter.seen.length
+    const get: number[] = []
+    const post: number[] = []
+    for (let i = 0; i < 4; i++) {
+      for (const [method, out] of [
+        ['GET', get],
+        ['POST', post],
+      ] as const) {
+        const res = await client.request({
+          path: `/reset/${i}`,
+          method,
+          headers: { host: 'reset.test.local', 'content-type': 'text/plain' },
+          ...(method === 'POST' ? { body: `p${i}` } : {}),
+        })
+        await res.body.text()
+        out.push(res.statusCode)
+      }
+    }
+    const resetPosts = resetter.seen.slice(resetBefore).filter((r) => r.method === 'POST').length
+    const echoPosts = echo.seen.slice(echoBefore).filter((r) => r.method === 'POST').length
+    const resetGets = resetter.seen.slice(resetBefore).filter((r) => r.method === 'GET').length
+    console.log(`# reset upstream: GET ${get.join(',')} (${resetGets} reset, retried); POST ${post.join(',')}`)
+    assert.deepEqual(get, [200, 200, 200, 200])
+    assert.ok(resetGets > 0, 'some GETs met the reset')
+    assert.ok(resetPosts > 0, 'some POSTs met the reset')
+    assert.equal(post.filter((s) => s === 502).length, resetPosts, 'each reset POST is answered 502, not retried')
+    assert.equal(echoPosts, 4 - resetPosts, 'a reset POST never reaches the other upstream')
   })
 
   test('every upstream down: 502 naming no internal address', async () => {
