@@ -327,7 +327,7 @@ export function registerRoutes(
             reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
             return
           }
-          if (target?.websocket && request.headers.upgrade !== undefined && raw.method === 'GET') {
+          if (target?.websocket && (raw as { upgrade?: boolean }).upgrade && raw.method === 'GET') {
             connectUpstream(target, upstreamSets.get(target.label)).then(
               (socket) => {
                 raw[kUpstreamSocket] = socket
