@@ -100,14 +100,15 @@ export async function buildGeneration(
       trusted: deps.trusted,
       draining: deps.draining,
     }))
-    for (const [label, set] of upstreamSets) {
-      const old = deps.previous?.upstreamSets.get(label)
-      if (old !== undefined) set.inherit(old)
-    }
     app.addHook('onClose', async () => {
       await Promise.all(dispatchers.map((d) => d.close().catch(() => d.destroy())))
     })
     await app.ready()
+    // Routes are registered (and their upstream sets made) while the app gets ready.
+    for (const [label, set] of upstreamSets) {
+      const old = deps.previous?.upstreamSets.get(label)
+      if (old !== undefined) set.inherit(old)
+    }
   } catch (err) {
     await Promise.all(dispatchers.map((d) => d.destroy().catch(() => {})))
     await app.close().catch(() => {})

@@ -6,7 +6,7 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { after, before, describe, test } from 'node:test'
 import { Pool, request } from 'undici'
-import { createProxy, type ProxyHandle } from '../src/index.js'
+import { createProxy, type ProxyHandle, type ProxyOptions } from '../src/index.js'
 import { type CertFiles, certFiles, rawTls, startUpstream, type Upstream } from './helpers.js'
 
 const HOST = 'lb.test.local'
@@ -71,6 +71,7 @@ describe('upstream health', () => {
   const b = new KillableUpstream('b')
   let deadUrl: string
   let echo: Upstream
+  let config: ProxyOptions
   let resetter: Upstream
 
   before(async () => {
@@ -81,7 +82,7 @@ describe('upstream health', () => {
     echo = await startUpstream('echo')
     // Reads the whole request, then resets the connection without a response byte.
     resetter = await startUpstream('resetter', (req) => req.socket.destroy())
-    proxy = await createProxy({
+    config = {
       logger: false,
       https: { host: '127.0.0.1', port: 0 },
       http: false,
@@ -99,7 +100,8 @@ describe('upstream health', () => {
         { host: 'refused.test.local', upstream: [deadUrl, echo.url], ejectMs: 0 },
         { host: 'reset.test.local', upstream: [resetter.url, echo.url], ejectMs: 0 },
       ],
-    })
+    }
+    proxy = await createProxy(config)
     port = (await proxy.listen()).https.port
     const adminAddress = proxy.adminAddress()!
     admin = `http://127.0.0.1:${adminAddress.port}`
@@ -118,12 +120,15 @@ describe('upstream health', () => {
     await certs?.remove()
   })
 
-  async function healthOf(upstream: string): Promise<{ healthy: boolean; checked: boolean; lastError?: string }> {
+  async function healthOf(
+    upstream: string,
+    label = `${HOST}/`,
+  ): Promise<{ healthy: boolean; checked: boolean; lastError?: string }> {
     const res = await request(`${admin}/status?format=json`)
     const status = (await res.body.json()) as {
       routes: Array<{ route: string; upstreams: Array<{ url: string; healthy: boolean; checked: boolean }> }>
     }
-    const route = status.routes.find((r) => r.route === `${HOST}/`)!
+    const route = status.routes.find((r) => r.route === label)!
     return route.upstreams.find((u) => u.url === upstream)!
   }
 
@@ -270,6 +275,13 @@ describe('upstream health', () => {
     const text = await res.body.text()
     assert.equal(res.statusCode, 502)
     assert.doesNotMatch(text, /127\.0\.0\.1|\d{4,5}/)
+    const down = await healthOf(deadUrl, 'down.test.local/')
+    assert.equal(down.healthy, false, 'the refused upstream is ejected')
+    assert.equal(down.lastError, 'ECONNREFUSED')
+    // A reload keeps what it knew about upstreams that stay.
+    const reloaded = await proxy.reload(config)
+    assert.equal(reloaded.applied, true)
+    assert.equal((await healthOf(deadUrl, 'down.test.local/')).healthy, false, 'still ejected after a reload')
   })
 
   test('a websocket upgrade to an unreachable upstream gets 502 before any 101, naming no internal address', async () => {
