@@ -19,6 +19,7 @@ import {
   vhostConstraint,
 } from './routes.js'
 import { ProxyLogController, type RequestHandler } from './server.js'
+import type { UpstreamSet } from './upstreams.js'
 
 /** What a generation's app sees as its server: never listens; the real listener forwards 'upgrade' to it. */
 class DetachedServer extends EventEmitter {
@@ -46,7 +47,9 @@ export interface Generation {
   readonly websocket: boolean
   /** Emits the listener's 'upgrade' events to the routing app. */
   upgrade(req: IncomingMessage, socket: unknown, head: Buffer): void
-  /** An upstream's health as this generation sees it (always up without health checks). */
+  /** Upstream state of routes with several upstreams or a health check, by route label. */
+  readonly upstreamSets: ReadonlyMap<string, UpstreamSet>
+  /** An upstream's health as this generation sees it (always up without health checks or several upstreams). */
   health(route: string, upstream: string): { healthy: boolean; checked: boolean; lastError?: string }
   /** Aborts upstream requests still running (end of a shutdown's grace period). */
   destroy(): void
@@ -61,6 +64,8 @@ export interface GenerationDeps {
   /** Hosts the `*` route takes: those with an on-demand certificate. */
   acceptOnDemand?: (host: string) => boolean
   /** Hooks added to every generation's app (metrics, access log), only when those features are on. */
+  /** The generation being replaced: upstreams that stay keep their health state. */
+  previous?: Generation | undefined
   decorate?: (app: FastifyInstance, generation: { id: number; options: ResolvedProxyOptions }) => void
 }
 
@@ -87,12 +92,23 @@ export async function buildGeneration(
   } as unknown as FastifyServerOptions) as unknown as FastifyInstance
   deps.decorate?.(app, { id, options })
   let dispatchers: Dispatcher[] = []
+  let upstreamSets = new Map<string, UpstreamSet>()
   try {
-    ;({ dispatchers } = registerRoutes(app, { sites, options, trusted: deps.trusted, draining: deps.draining }))
+    ;({ dispatchers, upstreamSets } = registerRoutes(app, {
+      sites,
+      options,
+      trusted: deps.trusted,
+      draining: deps.draining,
+    }))
     app.addHook('onClose', async () => {
       await Promise.all(dispatchers.map((d) => d.close().catch(() => d.destroy())))
     })
     await app.ready()
+    // Routes are registered (and their upstream sets made) while the app gets ready.
+    for (const [label, set] of upstreamSets) {
+      const old = deps.previous?.upstreamSets.get(label)
+      if (old !== undefined) set.inherit(old)
+    }
   } catch (err) {
     await Promise.all(dispatchers.map((d) => d.destroy().catch(() => {})))
     await app.close().catch(() => {})
@@ -109,7 +125,8 @@ export async function buildGeneration(
     upgrade: (req, socket, head) => {
       if (server.listenerCount('upgrade') > 0) server.emit('upgrade', req, socket, head)
     },
-    health: () => ({ healthy: true, checked: false }),
+    upstreamSets,
+    health: (route, upstream) => upstreamSets.get(route)?.health(upstream) ?? { healthy: true, checked: false },
     destroy: () => {
       for (const d of dispatchers) void d.destroy().catch(() => {})
     },

@@ -161,6 +161,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       acceptOnDemand: (host) => acceptOnDemand(host),
       trusted: opts.trustedProxies,
       draining: () => draining,
+      previous: current,
       decorate: (genApp, gen) => {
         metrics?.instrument(genApp)
         if (gen.options.accessLog) registerAccessLog(genApp, log)
@@ -593,10 +594,15 @@ export type { ManualCertificateEvents, ManualCertificateStatus, ManualCertificat
 export {
   DEFAULT_BODY_BYTES,
   DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_EJECT_MS,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_HEADER_BYTES,
   DEFAULT_HEADERS_TIMEOUT_MS,
+  DEFAULT_HEALTH_CHECK_INTERVAL_MS,
+  DEFAULT_HEALTH_CHECK_PATH,
+  DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
   DEFAULT_HEALTH_PATH,
+  DEFAULT_HEALTHY_THRESHOLD,
   DEFAULT_HTTP_PORT,
   DEFAULT_HTTP2_SESSION_TIMEOUT_MS,
   DEFAULT_HTTPS_PORT,
@@ -609,6 +615,7 @@ export {
   DEFAULT_RESPONSE_TIMEOUT_MS,
   DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_SHUTDOWN_SIGNALS,
+  DEFAULT_UNHEALTHY_THRESHOLD,
   type ProxyOptions,
   type ProxyOptionsData,
   ProxyOptionsSchema,

@@ -116,7 +116,7 @@ export class ProxyMetrics {
     })
     new Gauge({
       name: 'autotls_upstream_healthy',
-      help: '1 when an upstream takes requests, 0 while ejected (always 1 until upstream health checks exist)',
+      help: '1 when an upstream takes requests, 0 while ejected or failing its health check',
       labelNames: ['route', 'upstream'],
       registers,
       collect() {

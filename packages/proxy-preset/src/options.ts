@@ -24,6 +24,13 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000
 export const DEFAULT_RESPONSE_TIMEOUT_MS = 60_000
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000
 export const DEFAULT_HEALTH_PATH = '/.well-known/proxy-health'
+export const DEFAULT_HEALTH_CHECK_PATH = '/'
+export const DEFAULT_HEALTH_CHECK_INTERVAL_MS = 5_000
+export const DEFAULT_HEALTH_CHECK_TIMEOUT_MS = 2_000
+export const DEFAULT_HEALTHY_THRESHOLD = 2
+export const DEFAULT_UNHEALTHY_THRESHOLD = 2
+/** How long a connection error takes an upstream out of a route with several (or until a health check sees it up). */
+export const DEFAULT_EJECT_MS = 10_000
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
 export const DEFAULT_SHUTDOWN_SIGNALS = ['SIGINT', 'SIGTERM'] as const
 export const DEFAULT_RELOAD_DEBOUNCE_MS = 200
@@ -79,6 +86,52 @@ export const RouteSchema = Type.Object(
       Type.Object(
         { request: Type.Optional(HeaderChangesSchema), response: Type.Optional(HeaderChangesSchema) },
         { additionalProperties: false },
+      ),
+    ),
+    healthCheck: Type.Optional(
+      Type.Object(
+        {
+          path: Type.Optional(
+            Type.String({ pattern: '^/[^#]*$', description: `GET this path (default '${DEFAULT_HEALTH_CHECK_PATH}')` }),
+          ),
+          intervalMs: Type.Optional(
+            Type.Integer({
+              minimum: 100,
+              maximum: 2_147_483_647,
+              description: `Between checks (default ${DEFAULT_HEALTH_CHECK_INTERVAL_MS})`,
+            }),
+          ),
+          timeoutMs: Type.Optional(
+            Type.Integer({
+              minimum: 1,
+              maximum: 2_147_483_647,
+              description: `A check slower than this fails (default ${DEFAULT_HEALTH_CHECK_TIMEOUT_MS})`,
+            }),
+          ),
+          healthyThreshold: Type.Optional(
+            Type.Integer({
+              minimum: 1,
+              maximum: 100,
+              description: `Successes in a row to mark an upstream up (default ${DEFAULT_HEALTHY_THRESHOLD})`,
+            }),
+          ),
+          unhealthyThreshold: Type.Optional(
+            Type.Integer({
+              minimum: 1,
+              maximum: 100,
+              description: `Failures in a row to mark an upstream down (default ${DEFAULT_UNHEALTHY_THRESHOLD})`,
+            }),
+          ),
+        },
+        {
+          additionalProperties: false,
+          description: 'Active health checks of each upstream (off unless given); a 2xx or 3xx answer is a success',
+        },
+      ),
+    ),
+    ejectMs: Type.Optional(
+      Millis(
+        `With several upstreams, a connection error takes an upstream out for this long, or until a health check sees it up (default ${DEFAULT_EJECT_MS})`,
       ),
     ),
     timeouts: Type.Optional(
@@ -283,8 +336,18 @@ export interface ResolvedRoute {
   connectMs: number
   responseMs: number
   idleMs: number
+  healthCheck: ResolvedHealthCheck | undefined
+  ejectMs: number
   /** host + path, for logs and error bodies. */
   label: string
+}
+
+export interface ResolvedHealthCheck {
+  path: string
+  intervalMs: number
+  timeoutMs: number
+  healthyThreshold: number
+  unhealthyThreshold: number
 }
 
 export interface ResolvedListen {
@@ -434,6 +497,17 @@ function resolveRoute(route: RouteOptions, index: number): ResolvedRoute {
     connectMs: route.timeouts?.connectMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
     responseMs: route.timeouts?.responseMs ?? DEFAULT_RESPONSE_TIMEOUT_MS,
     idleMs: route.timeouts?.idleMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+    healthCheck:
+      route.healthCheck === undefined
+        ? undefined
+        : {
+            path: route.healthCheck.path ?? DEFAULT_HEALTH_CHECK_PATH,
+            intervalMs: route.healthCheck.intervalMs ?? DEFAULT_HEALTH_CHECK_INTERVAL_MS,
+            timeoutMs: route.healthCheck.timeoutMs ?? DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
+            healthyThreshold: route.healthCheck.healthyThreshold ?? DEFAULT_HEALTHY_THRESHOLD,
+            unhealthyThreshold: route.healthCheck.unhealthyThreshold ?? DEFAULT_UNHEALTHY_THRESHOLD,
+          },
+    ejectMs: route.ejectMs ?? DEFAULT_EJECT_MS,
     label: `${host}${path || '/'}`,
   }
 }

@@ -12,10 +12,12 @@
 // Requests for hosts without routes are not rewritten: they reach the health route, routes the user added to the
 // returned instance, or the not-found handler (421, or 404 for a known host without a matching path prefix).
 import type { IncomingMessage } from 'node:http'
+import { connect as netConnect, type Socket } from 'node:net'
 import { Transform, type TransformCallback } from 'node:stream'
+import { connect as tlsConnect } from 'node:tls'
 import httpProxy from '@fastify/http-proxy'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { Agent, BalancedPool, type Dispatcher } from 'undici'
+import { Agent, type Dispatcher } from 'undici'
 import {
   ERR_BAD_PATH,
   ERR_BODY_TOO_LARGE,
@@ -30,10 +32,12 @@ import { type TrustFunction, upstreamRequestHeaders } from './forwarded.js'
 import { endToEndCopy } from './headers.js'
 import { HostTable, requestHost } from './hosts.js'
 import type { ResolvedProxyOptions, ResolvedRoute } from './options.js'
+import { UpstreamSet } from './upstreams.js'
 
 export const VHOST_PREFIX = '/_vhost'
 const kSite = Symbol('proxy-preset.site')
 const kTooLarge = Symbol('proxy-preset.body-too-large')
+const kUpstreamSocket = Symbol('proxy-preset.upstream-socket')
 
 export interface Site {
   id: string
@@ -44,7 +48,12 @@ export interface Site {
   accept?: (host: string) => boolean
 }
 
-type RawRequest = IncomingMessage & { [kSite]?: Site; [kTooLarge]?: boolean; originalUrl?: string }
+type RawRequest = IncomingMessage & {
+  [kSite]?: Site
+  [kTooLarge]?: boolean
+  [kUpstreamSocket]?: Socket
+  originalUrl?: string
+}
 
 /** The site a request was dispatched to (undefined for hosts without routes). */
 export function siteOf(request: FastifyRequest): Site | undefined {
@@ -232,10 +241,17 @@ export interface RoutingDeps {
   draining: () => boolean
 }
 
-/** Registers every route (and the not-found handler) on the HTTPS app. Returns the dispatchers to close. */
-export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispatchers: Dispatcher[] } {
+/**
+ * Registers every route (and the not-found handler) on the HTTPS app. Returns the dispatchers to close and, per
+ * route label, the upstream sets of routes with several upstreams or a health check.
+ */
+export function registerRoutes(
+  app: FastifyInstance,
+  deps: RoutingDeps,
+): { dispatchers: Dispatcher[]; upstreamSets: Map<string, UpstreamSet> } {
   const { sites, options } = deps
   const dispatchers: Dispatcher[] = []
+  const upstreamSets = new Map<string, UpstreamSet>()
   // Routes with identical timeouts share one connection pool per upstream origin.
   const agents = new Map<string, Agent>()
   const dispatcherFor = (route: ResolvedRoute): Dispatcher => {
@@ -244,10 +260,11 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
       headersTimeout: route.responseMs,
       bodyTimeout: route.idleMs,
     }
-    if (route.upstreams.length > 1) {
-      const pool = new BalancedPool(route.upstreams, settings)
-      dispatchers.push(pool)
-      return pool
+    if (route.upstreams.length > 1 || route.healthCheck !== undefined) {
+      const set = new UpstreamSet(route)
+      dispatchers.push(set)
+      upstreamSets.set(route.label, set)
+      return set
     }
     const key = `${route.connectMs}/${route.responseMs}/${route.idleMs}`
     let agent = agents.get(key)
@@ -310,6 +327,25 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
             reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
             return
           }
+          if (target?.websocket && (raw as { upgrade?: boolean }).upgrade && raw.method === 'GET') {
+            connectUpstream(target, upstreamSets.get(target.label)).then(
+              (socket) => {
+                raw[kUpstreamSocket] = socket
+                // Not consumed (a later hook answered, the client left): do not keep the connection.
+                raw.socket.once('close', () => socket.destroy())
+                done()
+              },
+              (error: unknown) => {
+                reply.log.error(
+                  { route: target.label, codes: errorCodes(error), err: error },
+                  'websocket upstream failed',
+                )
+                closeAfter(reply)
+                reply.send(new ERR_UPSTREAM_UNAVAILABLE(target.label, describeFailure(errorCodes(error))))
+              },
+            )
+            return
+          }
           if (
             target &&
             !target.websocket &&
@@ -330,7 +366,59 @@ export function registerRoutes(app: FastifyInstance, deps: RoutingDeps): { dispa
 
   registerHttp2HeaderLimit(app, options)
   registerNotFound(app)
-  return { dispatchers }
+  return { dispatchers, upstreamSets }
+}
+
+function connectTo(origin: string, timeoutMs: number): Promise<Socket> {
+  const url = new URL(origin)
+  const host = url.hostname.replace(/^\[|\]$/g, '')
+  const secure = url.protocol === 'https:'
+  const port = Number(url.port || (secure ? 443 : 80))
+  return new Promise((resolve, reject) => {
+    const socket: Socket = secure
+      ? tlsConnect({ host, port, servername: /^[\d.]+$|:/.test(host) ? undefined : host, ALPNProtocols: ['http/1.1'] })
+      : netConnect({ host, port })
+    const event = secure ? 'secureConnect' : 'connect'
+    const timer =
+      timeoutMs > 0
+        ? setTimeout(() => {
+            const err = Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })
+            socket.destroy(err)
+          }, timeoutMs)
+        : undefined
+    socket.once(event, () => {
+      clearTimeout(timer)
+      socket.removeListener('error', reject)
+      resolve(socket)
+    })
+    socket.once('error', (err) => {
+      clearTimeout(timer)
+      reject(err)
+    })
+  })
+}
+
+/**
+ * A websocket upgrade is answered 101 only once the proxy holds a connection to an upstream (http-proxy would answer
+ * 101 first and then close with the connect error, internal address included). With several upstreams, a failed one
+ * is ejected and another tried once.
+ */
+async function connectUpstream(route: ResolvedRoute, set: UpstreamSet | undefined): Promise<Socket> {
+  if (set === undefined) return connectTo(route.upstreams[0]!, route.connectMs)
+  const first = set.pickOrigin()!
+  try {
+    return await connectTo(first.origin, route.connectMs)
+  } catch (error) {
+    first.failed(error)
+    const second = set.pickOrigin(first.origin)
+    if (second === undefined) throw error
+    try {
+      return await connectTo(second.origin, route.connectMs)
+    } catch (again) {
+      second.failed(again)
+      throw again
+    }
+  }
 }
 
 /**
@@ -388,6 +476,7 @@ function registerRoute(
 ): void {
   const { options, trusted, draining } = deps
   const upstream = route.upstreams[0]!
+  let pendingSocket: Socket | undefined
   const originalHost = (request: FastifyRequest): string | undefined => {
     const value = request.headers[':authority'] ?? request.headers.host
     return typeof value === 'string' ? value : undefined
@@ -446,7 +535,17 @@ function registerRoute(
           wsServerOptions: { maxPayload: options.limits.bodyBytes },
           wsClientOptions: {
             handshakeTimeout: route.connectMs,
+            // The connection made before the 101 (connectUpstream): http-proxy creates the upstream WebSocket right
+            // after calling rewriteRequestHeaders below, synchronously, so the socket is handed over through this slot.
+            createConnection: () => {
+              const socket = pendingSocket
+              pendingSocket = undefined
+              return socket
+            },
             rewriteRequestHeaders: (_headers: Record<string, unknown>, request: FastifyRequest) => {
+              const raw = request.raw as RawRequest
+              pendingSocket = raw[kUpstreamSocket]
+              raw[kUpstreamSocket] = undefined
               // Only end-to-end headers the upstream needs; ws sets the handshake headers itself.
               const headers: Record<string, unknown> = {}
               for (const name of ['cookie', 'authorization', 'origin', 'user-agent', 'accept-language']) {

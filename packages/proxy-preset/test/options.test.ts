@@ -29,6 +29,22 @@ describe('resolveProxyOptions', () => {
     assert.equal(r.websocket, false)
     assert.equal(r.preserveHost, true)
     assert.equal(r.label, 'app.example.com/')
+    assert.equal(r.healthCheck, undefined, 'health checks are off unless given')
+    assert.equal(r.ejectMs, 10_000)
+  })
+
+  test('healthCheck: given fields kept, the rest defaulted', () => {
+    const o = resolveProxyOptions({
+      routes: [{ ...route, healthCheck: { path: '/healthz?deep=1', intervalMs: 1000 } }],
+    })
+    assert.deepEqual(o.routes[0]!.healthCheck, {
+      path: '/healthz?deep=1',
+      intervalMs: 1000,
+      timeoutMs: 2000,
+      healthyThreshold: 2,
+      unhealthyThreshold: 2,
+    })
+    assert.deepEqual(resolveProxyOptions({ routes: [{ ...route, healthCheck: {} }] }).routes[0]!.healthCheck?.path, '/')
   })
 
   test('paths, rewrites, upstream lists, header changes are normalised', () => {
@@ -80,6 +96,24 @@ describe('resolveProxyOptions', () => {
       { routes: [{ ...route, headers: { response: { set: { a: 'x\r\ny' } } } }] },
       'FPROXY_INVALID_OPTIONS',
       /CR, LF/,
+    ],
+    [
+      'health check interval below 100 ms',
+      { routes: [{ ...route, healthCheck: { intervalMs: 10 } }] },
+      'FPROXY_INVALID_OPTIONS',
+      /intervalMs/,
+    ],
+    [
+      'health check path without a slash',
+      { routes: [{ ...route, healthCheck: { path: 'healthz' } }] },
+      'FPROXY_INVALID_OPTIONS',
+      /path/,
+    ],
+    [
+      'unknown health check field',
+      { routes: [{ ...route, healthCheck: { every: 5 } }] },
+      'FPROXY_INVALID_OPTIONS',
+      /every|healthCheck/,
     ],
     ['bad trusted proxy', { routes: [route], trustedProxies: ['10.0.0.0/33'] }, 'FPROXY_INVALID_OPTIONS', /prefix/],
     [
