@@ -13,6 +13,7 @@
 // resumed, not ordered again. Challenges are made answerable through a presenter object passed in.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { generateKeyPair } from 'node:crypto'
+import { channel } from 'node:diagnostics_channel'
 import { Agent } from 'node:https'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createSecureContext, rootCertificates } from 'node:tls'
@@ -184,8 +185,36 @@ function classify(what: string, message: string, info: CallInfo, validation: boo
   return withFacts(err, facts)
 }
 
+/**
+ * Every CA exchange, for metrics: `{ what, ms, ok, code? }` is published on this diagnostics channel (Node's
+ * `diagnostics_channel`, so a subscriber such as proxy-preset's /metrics needs no hook into the plugin, and nothing
+ * is built when nobody listens). `what` is the step (`new order`, `finalize`, `renewal info`, ...).
+ */
+export const ACME_REQUEST_CHANNEL = 'autotls:acme-request'
+const requests = channel(ACME_REQUEST_CHANNEL)
+
 /** Runs one CA exchange with our signal and error capture; turns failures into coded errors (see classify). */
 async function call<T>(signal: AbortSignal, what: string, fn: () => Promise<T>, validation = false): Promise<T> {
+  if (!requests.hasSubscribers) return run(signal, what, fn, validation)
+  const started = performance.now()
+  try {
+    const result = await run(signal, what, fn, validation)
+    requests.publish({ what: stepOf(what), ms: performance.now() - started, ok: true })
+    return result
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    requests.publish({ what: stepOf(what), ms: performance.now() - started, ok: false, code })
+    throw err
+  }
+}
+
+/** The step of an exchange, without the name it was for (a bounded label set). */
+function stepOf(what: string): string {
+  const at = what.indexOf(' for ')
+  return at < 0 ? what : what.slice(0, at)
+}
+
+async function run<T>(signal: AbortSignal, what: string, fn: () => Promise<T>, validation: boolean): Promise<T> {
   hookAxios()
   const ctx: CallContext = { signal, info: {} }
   return als.run(ctx, async () => {

@@ -78,6 +78,7 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
 export const fastifyAcme = fp(plugin, { fastify: '5.x', name: '@autotls/fastify-acme' })
 export default fastifyAcme
 
+export { ACME_REQUEST_CHANNEL } from './acme.js'
 // The public surface: what an application needs. Helpers for tests, the benchmark and proxy-preset live behind
 // `@autotls/fastify-acme/internal` (src/internal.ts), which is no stable API.
 export type { CertificateInfo } from './certificate.js'

@@ -487,6 +487,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
               await Promise.all([app.close(), http?.close(), admin?.close()])
               await Promise.all([current!, ...retiring.keys()].map((gen) => gen.close()))
             } finally {
+              metrics?.detach()
               await certificates?.close()
             }
           },

@@ -3,7 +3,8 @@
 // fastify-acme's statuses() and the file certificates' status(), handshake counts from the resolver's and the
 // TLS-ALPN-01 responder's counters. Per-request figures (requests by route and status, upstream latency) come from
 // two hooks on each routing generation, registered only here.
-import type { CertResolver, FastifyAcme } from '@autotls/fastify-acme'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
+import { ACME_REQUEST_CHANNEL, type CertResolver, type FastifyAcme } from '@autotls/fastify-acme'
 import type { FastifyInstance } from 'fastify'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { ManualCertificates } from './manual-certs.js'
@@ -30,6 +31,7 @@ export class ProxyMetrics {
   readonly #reloads: Counter<'result'>
   readonly #orders: Counter<'result'>
   readonly #orderSeconds: Histogram<'result'>
+  readonly #acmeRequestSeconds: Histogram<'step' | 'outcome'>
   #sources: MetricsSources | undefined
 
   constructor() {
@@ -64,6 +66,13 @@ export class ProxyMetrics {
       help: 'Time from an order start to its certificate or failure (all ACME requests of the order)',
       labelNames: ['result'],
       buckets: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers,
+    })
+    this.#acmeRequestSeconds = new Histogram({
+      name: 'autotls_acme_request_duration_seconds',
+      help: 'Duration of each request to the ACME CA, by step (new order, finalize, renewal info, ...) and outcome',
+      labelNames: ['step', 'outcome'],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
     })
     const self = this
@@ -133,6 +142,12 @@ export class ProxyMetrics {
     this.#sources = sources
     const acme = sources.acme()
     if (!acme) return
+    const observe = (message: unknown) => {
+      const m = message as { what: string; ms: number; ok: boolean }
+      this.#acmeRequestSeconds.observe({ step: m.what, outcome: m.ok ? 'ok' : 'error' }, m.ms / 1000)
+    }
+    subscribe(ACME_REQUEST_CHANNEL, observe)
+    this.#unsubscribe = () => unsubscribe(ACME_REQUEST_CHANNEL, observe)
     const started = new Map<string, number>()
     acme.on('order-started', ({ name }) => started.set(name, performance.now()))
     const finished = (name: string, result: 'issued' | 'failed') => {
@@ -143,6 +158,14 @@ export class ProxyMetrics {
     }
     acme.on('certificate-issued', ({ name }) => finished(name, 'issued'))
     acme.on('order-failed', ({ name }) => finished(name, 'failed'))
+  }
+
+  #unsubscribe: (() => void) | undefined
+
+  /** Stops listening to fastify-acme's request channel (the proxy closes). */
+  detach(): void {
+    this.#unsubscribe?.()
+    this.#unsubscribe = undefined
   }
 
   reloaded(applied: boolean): void {

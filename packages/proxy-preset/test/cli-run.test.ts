@@ -108,8 +108,19 @@ ${extraRoutes}`
     assert.equal((await fetch(`${admin}/status`)).status, 401)
     const acmeStatus = status.certificates.find((c) => c['name'] === ACME_HOST)!
     assert.match(acmeStatus['issuer'] ?? '', /Pebble/i)
-    const families = parseMetrics(await get('/metrics'))
+    const metricsText = await get('/metrics')
+    const families = parseMetrics(metricsText)
     assert.equal(sample(families, 'autotls_acme_orders_total', { result: 'issued' }), 1)
+    // Every request to the CA of that order is timed: directory, account, new order, ..., certificate download.
+    // (The parser drops histogram labels and counts: the raw _count lines are read.)
+    const timed = [...metricsText.matchAll(/^autotls_acme_request_duration_seconds_count\{[^}]*\} (\d+)$/gm)]
+    assert.ok(timed.reduce((sum, m) => sum + Number(m[1]), 0) >= 6, `${timed.length} steps timed`)
+    for (const step of ['new order', 'finalize', 'certificate download']) {
+      assert.match(
+        metricsText,
+        new RegExp(`autotls_acme_request_duration_seconds_count\\{step="${step}",outcome="ok"\\} 1`),
+      )
+    }
     assert.equal(
       sample(families, 'autotls_certificate_not_after_seconds', { name: ACME_HOST, source: 'acme' }),
       Date.parse(acmeStatus['notAfter']!) / 1000,
