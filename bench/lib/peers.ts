@@ -279,4 +279,5 @@ export const PEERS: Record<string, Peer> = {
   fastify: nodePeer('Fastify + http-proxy', 'fastify-plain.ts'),
   preset: nodePeer('proxy-preset', 'proxy-preset.ts'),
   'preset-nopoll': nodePeer('proxy-preset (reload poll off)', 'proxy-preset.ts', ['--poll=0']),
+  'preset-accesslog': nodePeer('proxy-preset (access log on)', 'proxy-preset.ts', ['--access-log=true']),
 }

@@ -1,6 +1,7 @@
 // Peer: @autotls/proxy-preset with a manual certificate file for `localhost` and one route to the upstream, with
 // the preset's defaults otherwise (HTTP/2 with HTTP/1.1 fallback, its default logger at info level: stdout goes to
-// /dev/null in the benchmark). `--logger=false` turns the logger off.
+// /dev/null in the benchmark). `--logger=false` turns the logger off; `--access-log=true` turns the access log on
+// (one JSON line per request through that logger).
 //
 //   node --import tsx --conditions=source bench/servers/proxy-preset.ts --port=8443 --upstream=URL --cert=C --key=K
 import { parseArgs } from 'node:util'
@@ -15,6 +16,7 @@ const { values } = parseArgs({
     logger: { type: 'string' },
     impl: { type: 'string' },
     poll: { type: 'string' },
+    'access-log': { type: 'string' },
   },
 })
 // --impl=PATH: another build of the preset's source (before/after comparisons of a change).
@@ -29,6 +31,7 @@ const proxy = await startProxy({
   certificates: [{ cert: values.cert!, key: values.key!, hosts: ['localhost'] }],
   routes: [{ host: 'localhost', upstream: values.upstream! }],
   ...(values.poll !== undefined ? { reload: { pollIntervalMs: Number(values.poll) } } : {}),
+  ...(values['access-log'] === 'true' ? { accessLog: true } : {}),
   shutdown: { signals: ['SIGTERM'], graceMs: 1000 },
 })
 void proxy

@@ -170,5 +170,18 @@ test('packed packages install with npm and work for ESM and CommonJS consumers',
     assert.match(err.message, /exit code 1|Command failed/)
     return true
   })
+  // ... and the CLI test's 5 good and 10 bad files, run against that installed bin.
+  const cliTest = fileURLToPath(new URL('../../packages/proxy-preset/test/cli-check.test.ts', import.meta.url))
+  const cliRun = await new Promise<{ code: number | null; out: string }>((resolve) => {
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', '--conditions=source', '--test', cliTest],
+      { env: { ...process.env, AUTOTLS_CLI_BIN: bin }, timeout: 240_000 },
+      (error, stdout, stderr) =>
+        resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, out: `${stdout}${stderr}` }),
+    )
+  })
+  assert.equal(cliRun.code, 0, cliRun.out.slice(-3000))
+  assert.match(cliRun.out, /# pass 2\n# fail 0/)
   t.diagnostic(`whole test ${since(started)}`)
 })

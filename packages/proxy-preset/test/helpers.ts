@@ -241,14 +241,19 @@ export function json(reply: Reply): Record<string, unknown> {
 /** The `autotls` command run from the sources, as a real process. */
 export const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url))
 
+/**
+ * Runs `autotls`: from the sources, or the installed bin named by AUTOTLS_CLI_BIN (the pack-and-install test runs
+ * the CLI tests against the packed tarball's bin that way).
+ */
 export function runCli(
   args: string[],
   env: NodeJS.ProcessEnv = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
+  const installed = process.env['AUTOTLS_CLI_BIN']
   return new Promise((resolve) => {
     execFile(
-      process.execPath,
-      ['--import', 'tsx', '--conditions=source', CLI, ...args],
+      installed ?? process.execPath,
+      installed ? args : ['--import', 'tsx', '--conditions=source', CLI, ...args],
       { env: { ...process.env, ...env }, timeout: 60_000 },
       (error, stdout, stderr) => {
         resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr })
