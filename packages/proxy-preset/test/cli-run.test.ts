@@ -23,7 +23,11 @@ function startRun(
   config: string,
   env: NodeJS.ProcessEnv,
 ): { child: ChildProcess; ready: Promise<void>; exit: Promise<number> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=source', CLI, 'run', '-c', config], {
+  // From the sources, or the installed bin (AUTOTLS_CLI_BIN: the pack-and-install test runs this file that way).
+  const installed = process.env['AUTOTLS_CLI_BIN']
+  const command = installed ?? process.execPath
+  const args = installed ? ['run', '-c', config] : ['--import', 'tsx', '--conditions=source', CLI, 'run', '-c', config]
+  const child = spawn(command, args, {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
