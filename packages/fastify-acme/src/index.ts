@@ -118,5 +118,5 @@ export {
 export { CertResolver, type KeyCertPair } from './resolver.js'
 export { type AcmeServerOptions, acmeServerFactory } from './server.js'
 export { FileStorage } from './storage/file.js'
-export type { Lease, LockOptions, Storage } from './storage/index.js'
+export type { Lease, LockOptions, Storage, StorageChange, StorageWatch } from './storage/index.js'
 export { MemoryStorage } from './storage/memory.js'

@@ -21,6 +21,23 @@ export interface LockOptions {
   signal?: AbortSignal
 }
 
+/** What Storage.watch() tells its listener. */
+export type StorageChange =
+  /** `key` was written or deleted, by this process or another one sharing the storage. */
+  | { readonly type: 'changed'; readonly key: string }
+  /**
+   * Notifications may have been missed (the storage was unreachable and is back, or the channel was re-made): read
+   * again whatever matters. Also the moment to put back what a storage restarted empty has lost.
+   */
+  | { readonly type: 'resync' }
+  /** The storage cannot be reached; operations fail until a 'resync'. */
+  | { readonly type: 'unreachable'; readonly error: Error }
+
+/** A subscription made by Storage.watch(). */
+export interface StorageWatch {
+  close(): void | Promise<void>
+}
+
 export interface Storage {
   /** The stored bytes, or undefined when the key does not exist. */
   get(key: string): Promise<Buffer | undefined>
@@ -46,6 +63,13 @@ export interface Storage {
    * list() pages or may miss keys.
    */
   readonly listIsComplete?: boolean
+  /**
+   * Optional: tells `listener` about changes to keys under `prefix` made by anyone sharing this storage, soon after
+   * they happen (best effort: a lost message is caught up by a 'resync' or by the plugin's periodic reconciliation).
+   * Several processes sharing one store use it to serve a certificate another one obtained within a second, and to
+   * answer a challenge another one presented.
+   */
+  watch?(prefix: string, listener: (change: StorageChange) => void): StorageWatch
 }
 
 const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/
@@ -94,6 +118,11 @@ export const keys = {
   orderLock: (dir: string, name: string) => `${dir}/locks/${nameSegment(name)}`,
   accountLock: (dir: string) => `${dir}/locks/account`,
   challengeKey: (dir: string) => `${dir}/challenge-key.pem`,
+  /** A pending TLS-ALPN-01 challenge of this name (any instance sharing the storage answers it). */
+  tlsAlpnChallenge: (dir: string, name: string) => `${dir}/challenges/tls-alpn-01/${nameSegment(name)}.json`,
+  /** A pending HTTP-01 token (base64url, so it may start with '-': the 't' keeps the segment a valid key). */
+  http01Challenge: (dir: string, token: string) => `${dir}/challenges/http-01/t${token}.json`,
+  challenges: (dir: string) => `${dir}/challenges/`,
   /** Space held while an order or an account registration runs, so its result is sure to fit. */
   reservation: (dir: string, what: string) => `${dir}/reserved/${nameSegment(what)}`,
 }
