@@ -19,7 +19,7 @@ const http01: FastifyPluginAsync<Http01Options> = async (app: FastifyInstance, o
   tokens.mount()
   app.get<{ Params: { token: string } }>(`${HTTP01_PREFIX}:token`, { logLevel: 'warn' }, async (request, reply) => {
     const token = request.params.token
-    const answer = TOKEN.test(token) ? tokens.answer(token) : undefined
+    const answer = TOKEN.test(token) ? await tokens.answer(token) : undefined
     if (answer === undefined) return reply.code(404).type('text/plain').send('no such challenge\n')
     return reply.type('text/plain').send(answer)
   })

@@ -1,5 +1,6 @@
 // Entry point: the Fastify plugin (wrapped with fastify-plugin so `app.acme` is visible to the whole app), its
 // registration checks, lifecycle hooks, and the public exports.
+import { hostname } from 'node:os'
 import { resolve } from 'node:path'
 import { Server as TlsServer } from 'node:tls'
 import type { FastifyPluginAsync } from 'fastify'
@@ -7,8 +8,10 @@ import fp from 'fastify-plugin'
 import { createDecorator, type FastifyAcme } from './decorator.js'
 import { ERR_INVALID_OPTIONS, ERR_NOT_HTTPS, ERR_SERVER_NOT_WIRED } from './errors.js'
 import { AcmeEventEmitter } from './events.js'
-import { dns01Responder, Http01Tokens, tlsAlpnResponder } from './lifecycle/challenges.js'
+import { type ChallengeResponder, dns01Responder, Http01Tokens, tlsAlpnResponder } from './lifecycle/challenges.js'
+import { issuersFrom } from './lifecycle/issuers.js'
 import { CertificateManager } from './lifecycle/manager.js'
+import { SharedChallenges } from './lifecycle/shared-challenges.js'
 import { OnDemand } from './on-demand/index.js'
 import { type FastifyAcmeOptions, resolveOptions, systemClock } from './options.js'
 import { wiringOf } from './server.js'
@@ -35,12 +38,27 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
   if (!(server instanceof TlsServer)) throw new ERR_NOT_HTTPS()
   const wiring = wiringOf(server)
   if (!wiring) throw new ERR_SERVER_NOT_WIRED()
-  const storage = rawOptions.storage ? checkStorage(rawOptions.storage) : new FileStorage(resolve(options.cacheDir))
+  const storage: Storage = rawOptions.storage
+    ? checkStorage(rawOptions.storage)
+    : new FileStorage(resolve(options.cacheDir))
   const log = fastify.log.child({ plugin: 'fastify-acme' })
   const events = new AcmeEventEmitter()
+  // A storage shared with other instances (it has watch()): challenges are shared too, so the CA's validator may
+  // reach any instance behind a load balancer.
+  const shared = storage.watch
+    ? new SharedChallenges({
+        storage: storage as Storage & { watch: NonNullable<Storage['watch']> },
+        dir: issuersFrom(options)[0]!.dir,
+        resolver: wiring.resolver,
+        log,
+        self: `${process.pid}@${hostname()}`,
+      })
+    : undefined
+  const share = <T extends ChallengeResponder>(responder: T): ChallengeResponder =>
+    shared ? shared.share(responder) : responder
   // The ways this server answers challenges, handed to the manager as capabilities: TLS-ALPN-01 on this TLS port
   // once it listens, HTTP-01 once an acmeHttp01 route is mounted with this app's decorator.
-  const http01 = new Http01Tokens()
+  const http01 = new Http01Tokens(shared ? (token) => shared.http01Answer(token) : undefined)
   const manager = new CertificateManager({
     options,
     storage,
@@ -49,8 +67,8 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
     log,
     events,
     responders: [
-      tlsAlpnResponder(wiring.resolver, server),
-      http01,
+      share(tlsAlpnResponder(wiring.resolver, server)),
+      share(http01),
       ...(options.dns01 ? [dns01Responder(options.dns01)] : []),
     ],
   })
@@ -70,6 +88,7 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
   })
   fastify.addHook('preClose', async () => {
     await manager.close()
+    shared?.close()
     events.removeAll()
     wiring.closeHttp2Sessions()
   })

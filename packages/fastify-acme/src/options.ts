@@ -10,6 +10,7 @@ import type { Storage } from './storage/index.js'
 export const LETSENCRYPT_PRODUCTION = 'https://acme-v02.api.letsencrypt.org/directory'
 export const LETSENCRYPT_STAGING = 'https://acme-staging-v02.api.letsencrypt.org/directory'
 
+export const DEFAULT_SYNC_INTERVAL_MS = 60_000
 export const DEFAULT_CACHE_DIR = '.acme-cache'
 export const DEFAULT_KEY_TYPE = 'ecdsa-p256'
 export const DEFAULT_CHALLENGES = ['tls-alpn-01'] as const
@@ -120,6 +121,14 @@ export const AcmeOptionsSchema = Type.Object(
     ),
     concurrency: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'Orders running at once' })),
     orderTimeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: 'Give up one order attempt after this' })),
+    syncIntervalMs: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        description:
+          'With a storage that tells about changes (watch()): how often every stored certificate is read again, in ' +
+          'case a notification from another instance was lost. 0: never. Default 60000',
+      }),
+    ),
     retryMinMs: Type.Optional(Type.Integer({ minimum: 1, description: 'First retry delay after a failed order' })),
     retryMaxMs: Type.Optional(Type.Integer({ minimum: 1, description: 'Longest retry delay (default one day)' })),
     rateLimit: Type.Optional(
@@ -275,6 +284,7 @@ export interface ResolvedOptions {
   renewBeforeRatio: number
   concurrency: number
   orderTimeoutMs: number
+  syncIntervalMs: number
   retryMinMs: number
   retryMaxMs: number
   rateLimit: { orders: number; windowMs: number }
@@ -451,6 +461,7 @@ export function resolveOptions(input: unknown): ResolvedOptions {
     renewBeforeRatio: opts.renewBeforeRatio ?? DEFAULT_RENEW_RATIO,
     concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
     orderTimeoutMs: opts.orderTimeoutMs ?? DEFAULT_ORDER_TIMEOUT_MS,
+    syncIntervalMs: opts.syncIntervalMs ?? DEFAULT_SYNC_INTERVAL_MS,
     retryMinMs,
     retryMaxMs,
     rateLimit: opts.rateLimit ?? { orders: DEFAULT_RATE_LIMIT_ORDERS, windowMs: DEFAULT_RATE_LIMIT_WINDOW_MS },

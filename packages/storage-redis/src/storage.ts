@@ -90,7 +90,11 @@ export class RedisStorage implements Storage {
     }
     this.#channel = changesChannel(this.options.prefix)
     // The subscription needs a connection of its own: a subscribed connection sends nothing else.
-    this.#feed = new ChangeFeed(this.#channel, () => this.#client.duplicate())
+    this.#feed = new ChangeFeed(
+      this.#channel,
+      () => this.#client.duplicate(),
+      () => this.#ready(),
+    )
     this.#copy = this.options.localCopy === undefined ? undefined : new LocalCopy(this.options.localCopy)
     this.#text = this.#client.withCommandOptions({ timeout: commandTimeoutMs })
     this.#bytes = this.#client.withCommandOptions({

@@ -23,10 +23,17 @@ export class ChangeFeed {
   #down = false
   #closed = false
 
-  /** `make` returns a new, unopened client for the subscription (the store's client duplicated). */
-  constructor(channel: string, make: () => AnyRedisClient) {
+  readonly #storeReady: () => Promise<void>
+
+  /**
+   * `make` returns a new, unopened client for the subscription (the store's client duplicated); `storeReady`
+   * resolves when the store's own connection answers (a resync is told only then: reads before it would still be
+   * served from the local copy).
+   */
+  constructor(channel: string, make: () => AnyRedisClient, storeReady: () => Promise<void>) {
     this.#channel = channel
     this.#make = make
+    this.#storeReady = storeReady
   }
 
   watch(prefix: string, listener: (change: StorageChange) => void): StorageWatch {
@@ -88,7 +95,18 @@ export class ChangeFeed {
   #back(): void {
     if (!this.#down) return
     this.#down = false
-    this.#emit({ type: 'resync' })
+    void (async () => {
+      for (;;) {
+        if (this.#closed || this.#down) return
+        try {
+          await this.#storeReady()
+          break
+        } catch {
+          await new Promise((resolve) => setTimeout(resolve, 100))
+        }
+      }
+      this.#emit({ type: 'resync' })
+    })()
   }
 
   /** Resolves once the subscription is in place (for tests and start-up ordering); never rejects. */

@@ -86,6 +86,47 @@ export class AccountKeeper {
     return current
   }
 
+  /**
+   * Keeps the stored account in memory without contacting the CA (at start), so that it can be put back should a
+   * shared storage lose it. A missing or unusable one is left to ensure().
+   */
+  async remember(): Promise<void> {
+    if (this.#account) return
+    const raw = await this.#d.storage.get(keys.account(this.#d.issuer.dir)).catch(() => undefined)
+    if (!raw || this.#account) return
+    try {
+      const account = JSON.parse(raw.toString('utf8')) as unknown
+      if (usableAccount(account)) this.#account = Promise.resolve(account)
+    } catch {}
+  }
+
+  /**
+   * Puts back the account and the challenge key this process holds when the storage no longer has them (a shared
+   * store restarted empty), so the other instances do not register a new account. Under the account lock; returns
+   * what was put back.
+   */
+  async reseed(): Promise<string[]> {
+    const { storage, issuer, lockTimeoutMs } = this.#d
+    const account = await this.#account?.catch(() => undefined)
+    const challengeKey = await this.#challengeKey?.catch(() => undefined)
+    if (!account && !challengeKey) return []
+    const restored: string[] = []
+    const lease = await storage.lock(keys.accountLock(issuer.dir), { timeoutMs: lockTimeoutMs })
+    try {
+      if (account && !(await storage.get(keys.account(issuer.dir)))) {
+        await storage.put(keys.account(issuer.dir), JSON.stringify(account))
+        restored.push('account')
+      }
+      if (challengeKey && !(await storage.get(keys.challengeKey(issuer.dir)))) {
+        await storage.put(keys.challengeKey(issuer.dir), challengeKey)
+        restored.push('challenge key')
+      }
+    } finally {
+      await lease.release()
+    }
+    return restored
+  }
+
   async #loadOrCreate(signal: AbortSignal): Promise<AccountRecord> {
     const { storage, issuer, log, lockTimeoutMs } = this.#d
     const key = keys.account(issuer.dir)

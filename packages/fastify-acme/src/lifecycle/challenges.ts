@@ -35,7 +35,13 @@ export function tlsAlpnResponder(resolver: CertResolver, server: { readonly list
 export class Http01Tokens implements ChallengeResponder {
   readonly type = 'http-01' as const
   readonly #tokens = new Map<string, string>()
+  readonly #elsewhere: ((token: string) => Promise<string | undefined>) | undefined
   #mounted = 0
+
+  /** `elsewhere`: where to look for a token this process does not hold (another instance's pending order). */
+  constructor(elsewhere?: (token: string) => Promise<string | undefined>) {
+    this.#elsewhere = elsewhere
+  }
 
   /** Called once per listener that serves the route. */
   mount(): void {
@@ -46,9 +52,11 @@ export class Http01Tokens implements ChallengeResponder {
     return this.#mounted > 0
   }
 
-  /** The key authorization of a pending token, or undefined. */
-  answer(token: string): string | undefined {
-    return this.#tokens.get(token)
+  /** The key authorization of a pending token (ours, else another instance's), or undefined. */
+  answer(token: string): string | undefined | Promise<string | undefined> {
+    const own = this.#tokens.get(token)
+    if (own !== undefined || this.#elsewhere === undefined) return own
+    return this.#elsewhere(token)
   }
 
   present(c: ChallengeToPresent): void {

@@ -5,7 +5,7 @@
 //   order-journal.ts, challenges.ts, issuers.ts, rate-limit.ts, slots.ts, scheduler.ts.
 import type { FastifyBaseLogger } from 'fastify'
 import { trustRoots } from '../acme.js'
-import type { CertificateRecord } from '../certificate.js'
+import { type CertificateRecord, parseRecord } from '../certificate.js'
 import { ERR_CLOSED, ERR_UNKNOWN_NAME, ERR_UNKNOWN_PROFILE } from '../errors.js'
 import type { AcmeEventEmitter, OrderReason } from '../events.js'
 import { canonicalName, normalizeServerName } from '../names.js'
@@ -26,6 +26,12 @@ import { type RenewalPolicy, renewalPolicy } from './renewal-policy.js'
 import { RetryStates } from './retry-state.js'
 import { Slots } from './slots.js'
 import { type NameEntry, NameStates, type NameStatus, newEntry, statusOf } from './state.js'
+import { StorageSync, type SyncNotice } from './storage-sync.js'
+
+/** The `source` of a next action put off because the storage could not be reached. */
+const STORAGE_PAUSE = 'storage unreachable'
+/** Certificates read per step of a reconciliation. */
+const RECONCILE_BATCH = 200
 
 /** Bound on how long close() waits for orders in flight before returning. */
 export const CLOSE_GRACE_MS = 1500
@@ -58,6 +64,10 @@ export class CertificateManager {
   readonly #retries: RetryStates
   readonly #runner: OrderRunner
   readonly #random: () => number
+  readonly #sync: StorageSync
+  /** One reconciliation at a time; a notice during one asks for another after it. */
+  #reconciling: Promise<void> | undefined
+  #reconcileAgain = false
   #started = false
   #verifying: Promise<void> | undefined
 
@@ -120,6 +130,12 @@ export class CertificateManager {
       responders: deps.responders,
       closing: this.#abort.signal,
     })
+    this.#sync = new StorageSync({
+      storage: deps.storage,
+      dirs: this.#issuers.map((ctx) => ctx.issuer.dir),
+      intervalMs: o.syncIntervalMs,
+      notify: (notice) => this.#heard(notice),
+    })
     for (const name of o.names) this.#track(name)
   }
 
@@ -150,6 +166,8 @@ export class CertificateManager {
       }
     }
     const counts = await this.#loadNames([...this.#entries.keys()])
+    // A storage shared with other instances may lose the account (restarted empty): keep it to put it back.
+    if (this.#sync.shared) await Promise.all(this.#issuers.map((ctx) => ctx.accounts.remember()))
     this.#log.info(
       { names: this.#entries.size, ...counts, ms: Math.round(performance.now() - started) },
       'fastify-acme: cached certificates loaded',
@@ -355,6 +373,7 @@ export class CertificateManager {
         this.#issuers[entry.issuer]!.ari.schedule(entry.name, entry.ari?.nextPollAt ?? now + this.#random() * spread)
       }
     }
+    this.#sync.start()
     this.#verifying = this.#verifyCached().catch((err: Error) => {
       this.#log.error({ err }, 'fastify-acme: checking the cached certificates stopped')
     })
@@ -444,7 +463,7 @@ export class CertificateManager {
     // An order already running was started before this request: wait for it, then order anew.
     if (entry.running) await entry.running
     const outcome = await this.#run(entry.name, 'manual')
-    if (outcome.kind === 'failed' || outcome.kind === 'abandoned') throw outcome.error
+    if (outcome.kind === 'failed' || outcome.kind === 'abandoned' || outcome.kind === 'paused') throw outcome.error
     return statusOf(entry)
   }
 
@@ -476,6 +495,7 @@ export class CertificateManager {
   }
 
   async close(): Promise<void> {
+    this.#sync.stop()
     for (const ctx of this.#issuers) ctx.ari.stop()
     this.#maintenance.stop()
     this.#abort.abort(new ERR_CLOSED())
@@ -544,6 +564,111 @@ export class CertificateManager {
       case 'abandoned':
         if (outcome.at !== undefined && !this.#abort.signal.aborted) this.#maintenance.set(entry, 'retry', outcome.at)
         return
+      case 'paused':
+        if (!this.#abort.signal.aborted) this.#maintenance.set(entry, outcome.next, outcome.at, STORAGE_PAUSE)
+        return
+    }
+  }
+
+  /** What the storage told (another instance's certificate, an outage, its end) and the periodic look. */
+  #heard(notice: SyncNotice): void {
+    if (this.#abort.signal.aborted) return
+    switch (notice.kind) {
+      case 'certificate': {
+        const entry = this.#entries.get(notice.name)
+        if (entry) void this.#adoptFromStorage(entry)
+        return
+      }
+      case 'unreachable':
+        this.#log.warn({ err: notice.error }, 'fastify-acme: the storage is unreachable; orders pause, serving goes on')
+        return
+      case 'resync':
+        this.#log.info('fastify-acme: the storage is reachable again; reading it again')
+        void this.#reconcile(true)
+        return
+      case 'reconcile':
+        void this.#reconcile(false)
+        return
+    }
+  }
+
+  /** Serves the certificate another instance stored for `entry`, if it is newer than ours. */
+  async #adoptFromStorage(entry: NameEntry): Promise<void> {
+    // An attempt running here re-reads storage once it holds the lock, and adopts then.
+    if (entry.running || this.#entries.get(entry.name) !== entry) return
+    const adopted = await this.#runner.adopt(entry).catch(() => false)
+    if (adopted && !entry.running && !this.#abort.signal.aborted) this.#follow(entry, { kind: 'adopted' })
+  }
+
+  /**
+   * Reads every name's stored certificate: serves the newer ones other instances stored (a lost notification),
+   * and puts back the ones a storage that came back empty no longer holds (with the account); after an outage,
+   * names whose orders paused are due again at once.
+   */
+  #reconcile(afterOutage: boolean): Promise<void> {
+    if (this.#reconciling) {
+      this.#reconcileAgain ||= afterOutage
+      return this.#reconciling
+    }
+    const run = this.#reconcileOnce(afterOutage)
+      .catch((err: Error) => this.#log.warn({ err }, 'fastify-acme: reading the storage again failed'))
+      .finally(() => {
+        this.#reconciling = undefined
+        if (this.#reconcileAgain && !this.#abort.signal.aborted) {
+          this.#reconcileAgain = false
+          void this.#reconcile(true)
+        }
+      })
+    this.#reconciling = run
+    return run
+  }
+
+  async #reconcileOnce(afterOutage: boolean): Promise<void> {
+    const started = performance.now()
+    let adopted = 0
+    let reseeded = 0
+    const storage = this.#storage
+    const entries = [...this.#entries.values()]
+    for (const ctx of this.#issuers) {
+      for (let i = 0; i < entries.length; i += RECONCILE_BATCH) {
+        if (this.#abort.signal.aborted) return
+        const batch = entries.slice(i, i + RECONCILE_BATCH)
+        const storeKeys = batch.map((entry) => keys.certificate(ctx.issuer.dir, entry.name))
+        const values = storage.getMany
+          ? await storage.getMany(storeKeys)
+          : await Promise.all(storeKeys.map((key) => storage.get(key).catch((err: Error) => err)))
+        for (let j = 0; j < batch.length; j++) {
+          const entry = batch[j]!
+          const value = values[j]
+          if (value instanceof Error || this.#entries.get(entry.name) !== entry) continue
+          const stored = parseRecord(value)
+          if (value === undefined && entry.record && entry.issuer === ctx.index) {
+            // Lost by the storage (restarted empty): put back the certificate we serve.
+            await storage.put(storeKeys[j]!, JSON.stringify(entry.record))
+            reseeded++
+          } else if (stored && stored.serial !== entry.record?.serial && !entry.running) {
+            const before = entry.record
+            await this.#adoptFromStorage(entry)
+            if (entry.record !== before) adopted++
+          }
+        }
+      }
+      if (afterOutage) {
+        const restored = await ctx.accounts.reseed()
+        if (restored.length > 0) this.#log.warn({ restored }, 'fastify-acme: put back into the storage')
+      }
+    }
+    if (afterOutage) {
+      const now = this.#clock.now()
+      for (const entry of this.#entries.values()) {
+        if (!entry.running && entry.next?.source === STORAGE_PAUSE) this.#maintenance.set(entry, entry.next.kind, now)
+      }
+    }
+    if (afterOutage || adopted > 0 || reseeded > 0) {
+      this.#log.info(
+        { names: entries.length, adopted, reseeded, ms: Math.round(performance.now() - started) },
+        'fastify-acme: storage reconciled',
+      )
     }
   }
 }

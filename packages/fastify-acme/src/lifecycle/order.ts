@@ -45,6 +45,8 @@ export type Outcome =
   | { kind: 'failed'; error: Error & { code: string }; at: number }
   /** Abandoned without a verdict: close(), or the storage lock was lost (another instance may carry on). */
   | { kind: 'abandoned'; error: Error; at?: number }
+  /** The storage could not be reached to take the lock: nothing was asked of the CA, nothing counted; again at `at`. */
+  | { kind: 'paused'; next: NextKind; error: Error; at: number }
 
 /** What an attempt needs of one CA. */
 export interface IssuerContext {
@@ -74,6 +76,8 @@ export interface OrderDeps {
 
 /** After a lost lock, look again this soon: the storage then says whether the other holder finished. */
 const LOST_LOCK_RECHECK_MS = 5_000
+/** While the storage cannot be reached, look again this often (sooner when it tells it is back). */
+export const STORAGE_PAUSE_MS = 5_000
 
 /** Thrown inside an attempt when the interrupted order it was resuming is gone or dead at the CA. */
 class OrderGone extends Error {}
@@ -101,6 +105,15 @@ export class OrderRunner {
       return await this.#locked(entry, reason, lease)
     } catch (err) {
       if (closing.aborted) return { kind: 'abandoned', error: new ERR_CLOSED({ cause: err }) }
+      if (lease === undefined && (err as { code?: string }).code === 'FACME_STORAGE') {
+        // The storage is unreachable (a shared store's outage): no lock, so no order; this is no failure of the
+        // name and costs no backoff. Orders pause until the storage answers again.
+        const at = this.#d.clock.now() + STORAGE_PAUSE_MS
+        const next: NextKind = entry.failures > 0 ? 'retry' : entry.record ? 'renew' : 'issue'
+        if (entry.next?.source !== 'storage unreachable')
+          this.#d.states.apply(entry, { to: 'deferred', reason: 'storage unreachable', until: at })
+        return { kind: 'paused', next, error: err as Error, at }
+      }
       // Taking the lock (or reading storage) failed: a failure like any other, with its backoff.
       return this.#failed(entry, err, undefined)
     } finally {
@@ -114,7 +127,12 @@ export class OrderRunner {
     const name = entry.name
     const home = issuers[0]!.issuer.dir
     // Another process sharing this storage may have renewed (or failed) while we waited for the lock.
-    if (reason !== 'manual' && (await this.#adoptStored(entry))) return { kind: 'adopted' }
+    if (reason !== 'manual' && (await this.adopt(entry))) return { kind: 'adopted' }
+    // A certificate adopted meanwhile (told by another instance while this attempt waited for the lock) that is not
+    // due: nothing to order.
+    if (reason === 'renewal' || reason === 'missing') {
+      if (entry.record && this.#d.maintenance.renewAt(entry, () => 0).at > clock.now()) return { kind: 'adopted' }
+    }
     const priorRaw = await retries.raw(name).catch(() => undefined)
     const retry = retries.parse(priorRaw)
     // The stored count is the truth (another process, or a retry state load() did not see): the next failure's
@@ -367,12 +385,12 @@ export class OrderRunner {
   }
 
   /** If storage holds a newer, not-yet-due certificate than ours (another process renewed it), serve that. */
-  async #adoptStored(entry: NameEntry): Promise<boolean> {
+  async adopt(entry: NameEntry): Promise<boolean> {
     const { storage, issuers, clock, states, maintenance } = this.#d
     for (const ctx of issuers) {
       const record = parseRecord(await storage.get(keys.certificate(ctx.issuer.dir, entry.name)).catch(() => undefined))
       if (!record || record.serial === entry.record?.serial) continue
-      if (entry.record && Date.parse(record.notAfter) <= Date.parse(entry.record.notAfter)) continue
+      if (entry.record && !newerRecord(record, entry.record)) continue
       try {
         checkPair(entry.name, record.keyPem, record.chainPem)
       } catch {
@@ -456,6 +474,17 @@ export class OrderRunner {
     states.apply(entry, { to: 'failed', error, failures, nextAttemptAt: at })
     return { kind: 'failed', error, at }
   }
+}
+
+/**
+ * Whether `a` replaces `b`: it lasts longer; on a tie (two certificates issued within one second) the one stored
+ * last, then the higher serial, so every instance settles on the same one.
+ */
+function newerRecord(a: CertificateRecord, b: CertificateRecord): boolean {
+  const diff = Date.parse(a.notAfter) - Date.parse(b.notAfter)
+  if (diff !== 0) return diff > 0
+  const issued = (Date.parse(a.issuedAt) || 0) - (Date.parse(b.issuedAt) || 0)
+  return issued > 0 || (issued === 0 && a.serial > b.serial)
 }
 
 const REPLACES_REFUSED = new Set(['urn:ietf:params:acme:error:alreadyReplaced', 'urn:ietf:params:acme:error:conflict'])
