@@ -2,8 +2,7 @@
 // on the server's own TLS port (through the resolver's challenge map, read only by the TLS-ALPN-01 responder),
 // HTTP-01 through the tokens an acmeHttp01 route serves. presenterFor() turns them into the presenter one order gets.
 import type { ChallengePresenter, ChallengeToPresent } from '../acme.js'
-import { resolveChallengeName, waitForPropagation } from '../challenges/dns-01/propagation.js'
-import { challengeRecordName } from '../challenges/dns-01/provider.js'
+import { cleanupDns01, presentDns01 } from '../challenges/dns-01/solver.js'
 import type { ChallengeType, ResolvedDns01 } from '../options.js'
 import type { CertResolver } from '../resolver.js'
 import type { NameEntry, NameStates } from './state.js'
@@ -103,37 +102,26 @@ export function presenterFor(
  */
 export function dns01Responder(dns: ResolvedDns01): ChallengeResponder {
   const written = new Map<string, string>()
-  const lookup = {
+  const options = {
     ...(dns.resolvers ? { resolvers: dns.resolvers } : {}),
     ...(dns.nameserverPort !== undefined ? { nameserverPort: dns.nameserverPort } : {}),
+    ...(dns.propagationTimeoutMs !== undefined ? { timeoutMs: dns.propagationTimeoutMs } : {}),
+    ...(dns.propagationIntervalMs !== undefined ? { intervalMs: dns.propagationIntervalMs } : {}),
+    followCname: dns.followCname,
   }
   return {
     type: 'dns-01',
     available: () => true,
     present: async (c, signal) => {
-      const recordName = challengeRecordName(c.name)
-      const fqdn = dns.followCname ? (await resolveChallengeName(recordName, lookup)).fqdn : recordName
-      written.set(c.token, fqdn)
-      await dns.provider.present(fqdn, c.keyAuthorization, signal)
-      if (dns.provider.waitForPropagation) {
-        await dns.provider.waitForPropagation(fqdn, c.keyAuthorization, signal)
-        return
-      }
-      await waitForPropagation(fqdn, c.keyAuthorization, {
-        ...lookup,
-        signal,
-        ...(dns.provider.propagationTimeoutMs !== undefined || dns.propagationTimeoutMs !== undefined
-          ? { timeoutMs: (dns.provider.propagationTimeoutMs ?? dns.propagationTimeoutMs) as number }
-          : {}),
-        ...(dns.propagationIntervalMs !== undefined ? { intervalMs: dns.propagationIntervalMs } : {}),
-      })
+      await presentDns01(dns.provider, c.name, c.keyAuthorization, { ...options, signal }, (fqdn) =>
+        written.set(c.token, fqdn),
+      )
     },
     remove: async (c) => {
       const fqdn = written.get(c.token)
       if (fqdn === undefined) return
       written.delete(c.token)
-      // Its own deadline: removal also runs after the order was cut short.
-      await dns.provider.cleanup(fqdn, c.keyAuthorization, AbortSignal.timeout(30_000))
+      await cleanupDns01(dns.provider, fqdn, c.keyAuthorization)
     },
   }
 }

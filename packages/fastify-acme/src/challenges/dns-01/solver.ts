@@ -29,10 +29,43 @@ export interface Dns01Step {
 }
 
 /**
- * Presents the TXT `value` for identifier `name` (`example.com` or `*.example.com`) with `provider`, waits for
- * propagation (the provider's own `waitForPropagation` if it has one, else every authoritative server asked
- * directly, for `provider.propagationTimeoutMs ?? options.timeoutMs`), then runs `validate` (tell the CA and wait
- * for its verdict) and always removes the record afterwards, whether `validate` or the propagation check failed.
+ * Finds where the TXT `value` for identifier `name` goes (following a CNAME on `_acme-challenge.<name>` unless
+ * `followCname` is false), writes it with `provider` and waits for propagation (the provider's own
+ * `waitForPropagation` if it has one, else every authoritative server asked directly, for
+ * `provider.propagationTimeoutMs ?? options.timeoutMs`). `written` is told where the record goes before it is
+ * written, so that a failure after that can still be cleaned up.
+ */
+export async function presentDns01(
+  provider: DnsProvider,
+  name: string,
+  value: string,
+  options: Dns01Options & { signal: AbortSignal },
+  written?: (fqdn: string) => void,
+): Promise<Dns01Step> {
+  const recordName = challengeRecordName(name)
+  const target =
+    options.followCname === false ? { fqdn: recordName, cnames: [] } : await resolveChallengeName(recordName, options)
+  written?.(target.fqdn)
+  const { signal } = options
+  await provider.present(target.fqdn, value, signal)
+  let propagation: PropagationResult | undefined
+  if (provider.waitForPropagation) await provider.waitForPropagation(target.fqdn, value, signal)
+  else
+    propagation = await waitForPropagation(target.fqdn, value, {
+      ...options,
+      timeoutMs: provider.propagationTimeoutMs ?? options.timeoutMs,
+    })
+  return { recordName, fqdn: target.fqdn, cnames: target.cnames, propagation }
+}
+
+/** Removes the TXT `value` at `fqdn`, with a deadline of its own (it also runs after the order was cut short). */
+export function cleanupDns01(provider: DnsProvider, fqdn: string, value: string): Promise<void> {
+  return provider.cleanup(fqdn, value, AbortSignal.timeout(30_000))
+}
+
+/**
+ * presentDns01(), then `validate` (tell the CA and wait for its verdict), and the record always removed afterwards,
+ * whether `validate` or the propagation check failed.
  */
 export async function solveDns01<T>(
   provider: DnsProvider,
@@ -41,27 +74,20 @@ export async function solveDns01<T>(
   options: Dns01Options & { signal: AbortSignal },
   validate: (step: Dns01Step) => Promise<T>,
 ): Promise<T> {
-  const recordName = challengeRecordName(name)
-  const target =
-    options.followCname === false ? { fqdn: recordName, cnames: [] } : await resolveChallengeName(recordName, options)
-  const { signal } = options
+  let fqdn: string | undefined
   try {
-    await provider.present(target.fqdn, value, signal)
-    let propagation: PropagationResult | undefined
-    if (provider.waitForPropagation) await provider.waitForPropagation(target.fqdn, value, signal)
-    else
-      propagation = await waitForPropagation(target.fqdn, value, {
-        ...options,
-        timeoutMs: provider.propagationTimeoutMs ?? options.timeoutMs,
-      })
-    return await validate({ recordName, fqdn: target.fqdn, cnames: target.cnames, propagation })
+    const step = await presentDns01(provider, name, value, options, (where) => {
+      fqdn = where
+    })
+    return await validate(step)
   } finally {
     // Also after a failed present(): it may have written the record before failing (e.g. a lost response).
-    try {
-      // Its own deadline: cleanup also runs when `signal` aborted the rest.
-      await provider.cleanup(target.fqdn, value, AbortSignal.timeout(30_000))
-    } catch (error) {
-      options.onCleanupError?.(error, target.fqdn)
+    if (fqdn !== undefined) {
+      try {
+        await cleanupDns01(provider, fqdn, value)
+      } catch (error) {
+        options.onCleanupError?.(error, fqdn)
+      }
     }
   }
 }
