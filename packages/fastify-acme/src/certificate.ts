@@ -164,3 +164,14 @@ export function parseRecord(raw: Buffer | undefined): CertificateRecord | undefi
     return undefined
   }
 }
+
+/**
+ * Whether `a` replaces `b`: it lasts longer; on a tie (two certificates issued within one second) the one stored
+ * last, then the higher serial, so every instance settles on the same one.
+ */
+export function newerRecord(a: CertificateRecord, b: CertificateRecord): boolean {
+  const diff = Date.parse(a.notAfter) - Date.parse(b.notAfter)
+  if (diff !== 0) return diff > 0
+  const issued = (Date.parse(a.issuedAt) || 0) - (Date.parse(b.issuedAt) || 0)
+  return issued > 0 || (issued === 0 && a.serial > b.serial)
+}

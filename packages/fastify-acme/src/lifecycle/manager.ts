@@ -5,7 +5,7 @@
 //   order-journal.ts, challenges.ts, issuers.ts, rate-limit.ts, slots.ts, scheduler.ts.
 import type { FastifyBaseLogger } from 'fastify'
 import { trustRoots } from '../acme.js'
-import { type CertificateRecord, parseRecord } from '../certificate.js'
+import { type CertificateRecord, newerRecord, parseRecord } from '../certificate.js'
 import { ERR_CLOSED, ERR_UNKNOWN_NAME, ERR_UNKNOWN_PROFILE } from '../errors.js'
 import type { AcmeEventEmitter, OrderReason } from '../events.js'
 import { canonicalName, normalizeServerName } from '../names.js'
@@ -642,9 +642,11 @@ export class CertificateManager {
           const value = values[j]
           if (value instanceof Error || this.#entries.get(entry.name) !== entry) continue
           const stored = parseRecord(value)
-          if (value === undefined && entry.record && entry.issuer === ctx.index) {
-            // Lost by the storage (restarted empty): put back the certificate we serve.
-            await storage.put(storeKeys[j]!, JSON.stringify(entry.record))
+          const ours = entry.issuer === ctx.index ? entry.record : undefined
+          if (ours && !entry.running && (stored === undefined || newerRecord(ours, stored))) {
+            // Lost by the storage (restarted empty), or older than ours (our write failed): put back what we serve.
+            // The others adopt it; the order of newerRecord() is the same everywhere, so this settles.
+            await storage.put(storeKeys[j]!, JSON.stringify(ours))
             reseeded++
           } else if (stored && stored.serial !== entry.record?.serial && !entry.running) {
             const before = entry.record

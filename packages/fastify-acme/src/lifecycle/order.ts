@@ -11,7 +11,14 @@ import {
   generateCertificateKey,
   type NewOrderExtras,
 } from '../acme.js'
-import { type CertificateRecord, checkPair, parseRecord, recordDigest, recordSeal } from '../certificate.js'
+import {
+  type CertificateRecord,
+  checkPair,
+  newerRecord,
+  parseRecord,
+  recordDigest,
+  recordSeal,
+} from '../certificate.js'
 import { type CaFacts, factsOf, withFacts } from '../error-facts.js'
 import {
   ERR_CLOSED,
@@ -474,17 +481,6 @@ export class OrderRunner {
     states.apply(entry, { to: 'failed', error, failures, nextAttemptAt: at })
     return { kind: 'failed', error, at }
   }
-}
-
-/**
- * Whether `a` replaces `b`: it lasts longer; on a tie (two certificates issued within one second) the one stored
- * last, then the higher serial, so every instance settles on the same one.
- */
-function newerRecord(a: CertificateRecord, b: CertificateRecord): boolean {
-  const diff = Date.parse(a.notAfter) - Date.parse(b.notAfter)
-  if (diff !== 0) return diff > 0
-  const issued = (Date.parse(a.issuedAt) || 0) - (Date.parse(b.issuedAt) || 0)
-  return issued > 0 || (issued === 0 && a.serial > b.serial)
 }
 
 const REPLACES_REFUSED = new Set(['urn:ietf:params:acme:error:alreadyReplaced', 'urn:ietf:params:acme:error:conflict'])
