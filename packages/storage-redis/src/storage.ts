@@ -33,6 +33,12 @@ function globEscape(s: string): string {
   return s.replace(/[*?[\]\\]/g, '\\$&')
 }
 
+/** A command that got no answer within commandTimeoutMs (node-redis's TimeoutError, or our own wait). */
+function isTimeout(err: unknown): boolean {
+  const e = err as { name?: string; message?: string }
+  return e?.name === 'TimeoutError' || /timeout|not reachable/i.test(e?.message ?? '')
+}
+
 function isRecordKey(key: string): boolean {
   try {
     assertKey(key)
@@ -150,7 +156,10 @@ export class RedisStorage implements Storage {
       await this.#ready()
       return await op()
     } catch (err) {
-      throw new ERR_STORAGE(`${what} of ${key}`, `Redis: ${(err as Error).message}`, { cause: err })
+      const error = new ERR_STORAGE(`${what} of ${key}`, `Redis: ${(err as Error).message}`, { cause: err })
+      // Not connected (or no answer in time): the plugin pauses orders instead of counting a failure.
+      if (!this.#client.isReady || isTimeout(err)) Object.assign(error, { unreachable: true })
+      throw error
     }
   }
 

@@ -112,7 +112,7 @@ export class OrderRunner {
       return await this.#locked(entry, reason, lease)
     } catch (err) {
       if (closing.aborted) return { kind: 'abandoned', error: new ERR_CLOSED({ cause: err }) }
-      if (lease === undefined && (err as { code?: string }).code === 'FACME_STORAGE') {
+      if (lease === undefined && (err as { unreachable?: unknown }).unreachable === true) {
         // The storage is unreachable (a shared store's outage): no lock, so no order; this is no failure of the
         // name and costs no backoff. Orders pause until the storage answers again.
         const at = this.#d.clock.now() + STORAGE_PAUSE_MS
@@ -144,8 +144,7 @@ export class OrderRunner {
     const retry = retries.parse(priorRaw)
     // The stored count is the truth (another process, or a retry state load() did not see): the next failure's
     // backoff continues from it.
-    if (retry && retry.failures > entry.failures)
-      states.apply(entry, { to: 'restored-failures', failures: retry.failures })
+    if (retry && retry.failures > entry.failures) states.apply(entry, { to: 'restored', failures: retry.failures })
     let journal = await journals.read(name)
     // An order in flight is resumed whatever the backoff: resuming sends no new order.
     if (!journal && reason !== 'manual' && retry && retry.nextAttemptAt > clock.now()) {

@@ -89,7 +89,11 @@ export type Change =
   /** A cached certificate is served from start (`verified: false` when its full check is still to come). */
   | { to: 'loaded'; record: CertificateRecord; issuer: number; verified: boolean; onUnusable: (err: Error) => void }
   /** Retry state found in storage at start. */
-  | { to: 'restored'; failures: number; error: { message: string; code: string; at: number } }
+  /**
+   * A retry state read from storage (at load, with its last error; or under the order lock, when storage holds a
+   * higher failure count than memory: another process failed meanwhile).
+   */
+  | { to: 'restored'; failures: number; error?: { message: string; code: string; at: number } }
   /** A served cached certificate failed its check. */
   | { to: 'dropped'; record: CertificateRecord; error: Error }
   /** The certificate's metadata was corrected from the certificate itself (background check). */
@@ -100,8 +104,6 @@ export type Change =
   | { to: 'adopted'; record: CertificateRecord; issuer: number }
   | { to: 'failed'; error: Error & { code: string }; failures: number; nextAttemptAt: number }
   | { to: 'deferred'; reason: string; until: number }
-  /** Storage holds a higher failure count than memory (another process, or a state load() did not see). */
-  | { to: 'restored-failures'; failures: number }
   /** The name is no longer managed: not served any more. */
   | { to: 'removed' }
   /** An order ended without a result of its own (closed, lock lost): the state before it comes back. */
@@ -145,6 +147,7 @@ export class NameStates {
       }
       case 'restored': {
         entry.failures = change.failures
+        if (!change.error) return
         entry.lastError = { ...change.error, facts: {} }
         if (!entry.record) entry.state = 'error'
         log.debug({ name, failures: change.failures, lastError: change.error.message }, 'fastify-acme: retry state')
@@ -246,10 +249,6 @@ export class NameStates {
       case 'removed': {
         for (const san of entry.sans) resolver.delete(san)
         log.debug({ name }, 'fastify-acme: name no longer managed')
-        return
-      }
-      case 'restored-failures': {
-        entry.failures = change.failures
         return
       }
     }

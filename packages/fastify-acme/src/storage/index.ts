@@ -38,6 +38,11 @@ export interface StorageWatch {
   close(): void | Promise<void>
 }
 
+/**
+ * A storage failure, thrown as ERR_STORAGE (FACME_STORAGE). A network store sets `unreachable: true` on it when the
+ * store cannot be reached right now (not connected, no answer in time): orders then pause until it answers, without
+ * counting a failure. Any other failure (a full or read-only disk) counts, with its backoff, and shows in status().
+ */
 export interface Storage {
   /** The stored bytes, or undefined when the key does not exist. */
   get(key: string): Promise<Buffer | undefined>
