@@ -29,6 +29,12 @@ export interface RedisStorageOptions {
   commandTimeoutMs?: number
   /** Close a client given in `client` when the store is closed. Default false (a client the store created: always). */
   closeClient?: boolean
+  /**
+   * A folder on this machine for a read-through copy of what this instance reads from and writes to Redis (a
+   * FileStorage: 0600 files). When Redis cannot answer, reads are served from it, so an instance that starts during
+   * a Redis outage still serves the certificates it had; writes and locks still need Redis. Default: no copy.
+   */
+  localCopy?: string
 }
 
 export const DEFAULT_PREFIX = 'autotls:'
@@ -41,6 +47,7 @@ export interface ResolvedRedisOptions {
   prefix: string
   lockTtlMs: number
   commandTimeoutMs: number
+  localCopy: string | undefined
 }
 
 function positiveInteger(name: string, value: unknown, min: number): number {
@@ -71,5 +78,8 @@ export function resolveOptions(options: RedisStorageOptions): ResolvedRedisOptio
     throw new ERR_INVALID_OPTIONS(
       `storage-redis: commandTimeoutMs (${commandTimeoutMs}) must be below lockTtlMs (${lockTtlMs})`,
     )
-  return { prefix, lockTtlMs, commandTimeoutMs }
+  const localCopy = options.localCopy
+  if (localCopy !== undefined && (typeof localCopy !== 'string' || localCopy === ''))
+    throw new ERR_INVALID_OPTIONS('storage-redis: localCopy must be the path of a folder')
+  return { prefix, lockTtlMs, commandTimeoutMs, localCopy }
 }

@@ -3,9 +3,17 @@
 // `<prefix><key>`; locks live under `<prefix>lock:<key>`, which no record key can be (':' is not a key character).
 // Every operation is bounded in time: a Redis outage surfaces as FACME_STORAGE, never as a hang.
 
-import { ERR_STORAGE, type Lease, type LockOptions, type Storage } from '@autotls/fastify-acme'
+import {
+  ERR_STORAGE,
+  type Lease,
+  type LockOptions,
+  type Storage,
+  type StorageChange,
+  type StorageWatch,
+} from '@autotls/fastify-acme'
 import { assertKey } from '@autotls/fastify-acme/internal'
 import { createClient, RESP_TYPES } from '@redis/client'
+import { LocalCopy } from './local-copy.js'
 import { type LockCommands, type RedisLease, takeLock } from './lock.js'
 import {
   type AnyRedisClient,
@@ -14,6 +22,7 @@ import {
   type ResolvedRedisOptions,
   resolveOptions,
 } from './options.js'
+import { ChangeFeed, changesChannel } from './watch.js'
 
 const LOCK_NAMESPACE = 'lock:'
 /** Reconnection of a client the store created: 50 ms, doubling, at most 1 s apart, for as long as it is open. */
@@ -50,6 +59,9 @@ export class RedisStorage implements Storage {
   readonly #owned: boolean
   readonly #closeClient: boolean
   readonly #leases = new Set<RedisLease>()
+  readonly #channel: string
+  readonly #feed: ChangeFeed
+  readonly #copy: LocalCopy | undefined
   #connecting: Promise<unknown> | undefined
   #closed = false
   /** The latest connection error of a client the store created (for messages; the client keeps reconnecting). */
@@ -76,6 +88,10 @@ export class RedisStorage implements Storage {
       })
       this.#client = client as unknown as AnyRedisClient
     }
+    this.#channel = changesChannel(this.options.prefix)
+    // The subscription needs a connection of its own: a subscribed connection sends nothing else.
+    this.#feed = new ChangeFeed(this.#channel, () => this.#client.duplicate())
+    this.#copy = this.options.localCopy === undefined ? undefined : new LocalCopy(this.options.localCopy)
     this.#text = this.#client.withCommandOptions({ timeout: commandTimeoutMs })
     this.#bytes = this.#client.withCommandOptions({
       timeout: commandTimeoutMs,
@@ -136,8 +152,17 @@ export class RedisStorage implements Storage {
 
   async get(key: string): Promise<Buffer | undefined> {
     const redisKey = this.redisKey(key)
-    const value = await this.#run('read', key, () => this.#bytes.get(redisKey))
-    return value === null || value === undefined ? undefined : Buffer.from(value as Buffer)
+    let value: unknown
+    try {
+      value = await this.#run('read', key, () => this.#bytes.get(redisKey))
+    } catch (err) {
+      // Redis cannot answer: what this instance last saw of the key, if it keeps a copy.
+      if (this.#copy) return this.#copy.get(key)
+      throw err
+    }
+    const found = value === null || value === undefined ? undefined : Buffer.from(value as Buffer)
+    this.#copy?.saw(key, found)
+    return found
   }
 
   async getMany(keys: readonly string[]): Promise<Array<Buffer | undefined | Error>> {
@@ -153,15 +178,29 @@ export class RedisStorage implements Storage {
           return err as Error
         }
       })
-      const values =
-        valid.length === 0
-          ? []
-          : ((await this.#run('read', `${valid.length} keys`, () => this.#bytes.mGet(valid))) as Array<Buffer | null>)
-      for (const slot of slots) {
+      let values: Array<Buffer | null | undefined>
+      try {
+        values =
+          valid.length === 0
+            ? []
+            : ((await this.#run('read', `${valid.length} keys`, () => this.#bytes.mGet(valid))) as Array<Buffer | null>)
+      } catch (err) {
+        const copy = this.#copy
+        if (!copy) throw err
+        for (let j = 0; j < batch.length; j++) {
+          const slot = slots[j]!
+          out.push(slot instanceof Error ? slot : await copy.get(batch[j]!).catch((e: Error) => e))
+        }
+        continue
+      }
+      for (let j = 0; j < batch.length; j++) {
+        const slot = slots[j]!
         if (slot instanceof Error) out.push(slot)
         else {
           const value = values[slot]
-          out.push(value === null || value === undefined ? undefined : Buffer.from(value))
+          const found = value === null || value === undefined ? undefined : Buffer.from(value)
+          this.#copy?.saw(batch[j]!, found)
+          out.push(found)
         }
       }
     }
@@ -170,20 +209,43 @@ export class RedisStorage implements Storage {
 
   async put(key: string, value: string | Uint8Array): Promise<void> {
     const redisKey = this.redisKey(key)
-    // SET replaces the value in one step: a reader sees the old value or the new one.
-    await this.#run('write', key, () => this.#text.set(redisKey, toArgument(value)))
+    // SET replaces the value in one step: a reader sees the old value or the new one. The PUBLISH that tells the
+    // other instances goes in the same round trip (node-redis pipelines commands sent in one tick).
+    const argument = toArgument(value)
+    await this.#run('write', key, () =>
+      Promise.all([this.#text.set(redisKey, argument), this.#text.publish(this.#channel, key)]),
+    )
+    this.#copy?.saw(key, typeof argument === 'string' ? Buffer.from(argument) : argument)
   }
 
   async delete(key: string): Promise<void> {
     const redisKey = this.redisKey(key)
-    await this.#run('delete', key, () => this.#text.del(redisKey))
+    await this.#run('delete', key, () =>
+      Promise.all([this.#text.del(redisKey), this.#text.publish(this.#channel, key)]),
+    )
+    this.#copy?.saw(key, undefined)
+  }
+
+  /**
+   * Tells `listener` about every key written or deleted under `prefix` by any store on this Redis and prefix (this
+   * one included), through pub/sub on a connection of its own; 'unreachable' when that connection drops, 'resync'
+   * when it is subscribed again (what was published meanwhile is lost: read again).
+   */
+  watch(prefix: string, listener: (change: StorageChange) => void): StorageWatch {
+    if (this.#closed) throw new Error('the Redis storage is closed')
+    return this.#feed.watch(prefix, listener)
+  }
+
+  /** Resolves once watch() subscriptions are in place. */
+  watching(): Promise<void> {
+    return this.#feed.ready()
   }
 
   async list(prefix: string): Promise<string[]> {
     const base = this.options.prefix
     const match = `${globEscape(base + prefix)}*`
     const found = new Set<string>()
-    await this.#run('list', prefix || '(all)', async () => {
+    const scan = this.#run('list', prefix || '(all)', async () => {
       let cursor = '0'
       do {
         const reply = (await this.#text.scan(cursor, { MATCH: match, COUNT: BATCH })) as {
@@ -198,6 +260,12 @@ export class RedisStorage implements Storage {
         }
       } while (cursor !== '0')
     })
+    try {
+      await scan
+    } catch (err) {
+      if (this.#copy) return (await this.#copy.list(prefix)).sort()
+      throw err
+    }
     return [...found].sort()
   }
 
@@ -237,6 +305,8 @@ export class RedisStorage implements Storage {
     this.#closed = true
     for (const lease of [...this.#leases]) lease.abandon(new ERR_STORAGE('lock', 'the Redis storage was closed'))
     this.#leases.clear()
+    await this.#feed.close()
+    await this.#copy?.flushed()
     if (!this.#closeClient) return
     // close() lets the replies in flight arrive (each bounded by commandTimeoutMs); a client still trying to
     // (re)connect has nothing to wait for and is destroyed.

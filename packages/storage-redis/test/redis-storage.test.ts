@@ -3,7 +3,11 @@
 // after a restart, keys stay under the prefix.
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import type { StorageChange } from '@autotls/fastify-acme'
 import { storageContract } from '@autotls/fastify-acme/testing'
 import { type RedisServer, startRedis } from '@autotls/pebble-harness'
 import { createClient } from '@redis/client'
@@ -199,5 +203,139 @@ describe('RedisStorage through an outage', () => {
     console.log(
       `# outage: ${rows.join(', ')}; lease lost after ${lostAfter} ms; recovered ${recovered} ms after restart`,
     )
+  })
+})
+
+/** The next change a watch() listener hears that `accept` takes, or a rejection after `ms`. */
+function nextChange(
+  changes: StorageChange[],
+  waiters: Array<() => void>,
+  accept: (change: StorageChange) => boolean,
+  ms = 5_000,
+): Promise<StorageChange> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no matching change within ${ms} ms`)), ms)
+    const look = () => {
+      const found = changes.find(accept)
+      if (!found) return false
+      changes.splice(changes.indexOf(found), 1)
+      clearTimeout(timer)
+      resolve(found)
+      return true
+    }
+    if (look()) return
+    const waiter = () => {
+      if (look()) waiters.splice(waiters.indexOf(waiter), 1)
+    }
+    waiters.push(waiter)
+  })
+}
+
+function recorder() {
+  const changes: StorageChange[] = []
+  const waiters: Array<() => void> = []
+  const listener = (change: StorageChange) => {
+    changes.push(change)
+    for (const w of [...waiters]) w()
+  }
+  return { changes, listener, next: (accept: (c: StorageChange) => boolean) => nextChange(changes, waiters, accept) }
+}
+
+describe('RedisStorage.watch', () => {
+  test("another store's puts and deletes under the prefix reach the listener; other prefixes do not", async (t) => {
+    const prefix = `w${randomBytes(4).toString('hex')}:`
+    const a = new RedisStorage({ url: redis.url, prefix })
+    const b = new RedisStorage({ url: redis.url, prefix })
+    const other = new RedisStorage({ url: redis.url, prefix: `${prefix}x:` })
+    t.after(() => Promise.all([a.close(), b.close(), other.close()]))
+    const seen = recorder()
+    const watch = a.watch('dir/certificates/', seen.listener)
+    await a.watching()
+    const started = performance.now()
+    await b.put('dir/certificates/a.example.json', 'x')
+    const put = await seen.next((c) => c.type === 'changed')
+    const latency = performance.now() - started
+    assert.deepEqual(put, { type: 'changed', key: 'dir/certificates/a.example.json' })
+    // Outside the watched folder, and another prefix (another store on the same Redis): not heard.
+    await b.put('dir/state/a.example.json', 'y')
+    await other.put('dir/certificates/a.example.json', 'z')
+    await b.delete('dir/certificates/a.example.json')
+    assert.deepEqual(await seen.next((c) => c.type === 'changed'), {
+      type: 'changed',
+      key: 'dir/certificates/a.example.json',
+    })
+    assert.deepEqual(seen.changes, [])
+    watch.close()
+    await b.put('dir/certificates/b.example.json', 'x')
+    // A watch that is closed hears nothing: a second listener still open proves the message went out.
+    const second = recorder()
+    a.watch('dir/', second.listener)
+    await b.put('dir/certificates/c.example.json', 'x')
+    await second.next((c) => c.type === 'changed' && c.key.endsWith('c.example.json'))
+    assert.deepEqual(seen.changes, [])
+    t.diagnostic(`put on one store heard by another after ${latency.toFixed(1)} ms`)
+  })
+
+  test('a Redis outage is reported as unreachable, then resync once subscribed again', async (t) => {
+    const own = await startRedis()
+    t.after(() => own.stop())
+    const prefix = 'o:'
+    const a = new RedisStorage({ url: own.url, prefix, lockTtlMs: 600, commandTimeoutMs: 200 })
+    const b = new RedisStorage({ url: own.url, prefix, lockTtlMs: 600, commandTimeoutMs: 200 })
+    t.after(() => Promise.all([a.close(), b.close()]))
+    const seen = recorder()
+    a.watch('d/', seen.listener)
+    await a.watching()
+    await own.kill()
+    await seen.next((c) => c.type === 'unreachable')
+    await own.restart()
+    await seen.next((c) => c.type === 'resync')
+    // Subscribed again: changes are heard as before.
+    await b.put('d/k.json', '1').catch(async () => {
+      await sleep(200)
+      await b.put('d/k.json', '1')
+    })
+    assert.deepEqual(await seen.next((c) => c.type === 'changed'), { type: 'changed', key: 'd/k.json' })
+  })
+})
+
+describe('RedisStorage with a local copy', () => {
+  test('reads are served from the copy while Redis is down, also by a store created during the outage', async (t) => {
+    const own = await startRedis()
+    t.after(() => own.stop())
+    const folder = await mkdtemp(join(tmpdir(), 'redis-copy-'))
+    t.after(() => rm(folder, { recursive: true, force: true }))
+    const options = { url: own.url, prefix: 'c:', lockTtlMs: 600, commandTimeoutMs: 200, localCopy: folder }
+    const first = new RedisStorage(options)
+    await first.put('d/certificates/a.example.json', 'cert-a')
+    await first.put('d/certificates/b.example.json', 'cert-b')
+    await first.delete('d/certificates/b.example.json')
+    // Written by another instance (no copy of its own): this one copies it when it reads it.
+    const peer = new RedisStorage({ url: own.url, prefix: 'c:' })
+    await peer.put('d/state/a.example.json', 'state')
+    await peer.close()
+    assert.equal((await first.get('d/state/a.example.json'))?.toString(), 'state')
+    await first.close()
+
+    await own.kill()
+    // A new process starting while Redis is down.
+    const second = new RedisStorage(options)
+    t.after(() => second.close())
+    assert.equal((await second.get('d/certificates/a.example.json'))?.toString(), 'cert-a')
+    assert.equal(await second.get('d/certificates/b.example.json'), undefined)
+    assert.equal((await second.get('d/state/a.example.json'))?.toString(), 'state')
+    assert.deepEqual(await second.list('d/certificates/'), ['d/certificates/a.example.json'])
+    const many = await second.getMany(['d/certificates/a.example.json', 'd/certificates/b.example.json'])
+    assert.deepEqual(
+      many.map((v) => (v instanceof Error ? v.message : v?.toString())),
+      ['cert-a', undefined],
+    )
+    // Writes and locks still need Redis: nothing is written to the copy alone.
+    await assert.rejects(second.put('d/certificates/a.example.json', 'other'), { code: 'FACME_STORAGE' })
+    await assert.rejects(second.lock('d/locks/a', { timeoutMs: 300 }), { code: 'FACME_STORAGE' })
+    assert.equal((await second.get('d/certificates/a.example.json'))?.toString(), 'cert-a')
+    // The copy holds private keys: files are 0600.
+    const mode = (await stat(join(folder, 'd', 'certificates', 'a.example.json'))).mode & 0o777
+    assert.equal(mode, 0o600)
   })
 })

@@ -1,0 +1,62 @@
+// The local read-through copy: what this instance last read from or wrote to Redis, kept in a folder on its own
+// disk (a FileStorage), so that a Redis outage, even one that is already going on when the process starts, never
+// stops it from serving the certificates that exist. Reads fall back to it only when Redis cannot answer; writes,
+// deletes and locks never do (an order must not run on state nobody else can see).
+import { createHash } from 'node:crypto'
+import { FileStorage } from '@autotls/fastify-acme'
+
+function digest(value: Uint8Array): string {
+  return createHash('sha256').update(value).digest('base64')
+}
+
+export class LocalCopy {
+  readonly #files: FileStorage
+  /** What the copy holds per key, as far as this process knows (a digest; null: known to be absent). */
+  readonly #known = new Map<string, string | null>()
+  /** Copy writes run one after another, off the caller's path. */
+  #queue: Promise<void> = Promise.resolve()
+  /** Copy failures seen (a full or read-only disk): the copy is best effort, Redis stays the truth. */
+  failures = 0
+
+  constructor(folder: string) {
+    this.#files = new FileStorage(folder)
+  }
+
+  /** Records what Redis answered for `key` (undefined: absent), writing the copy only when it changed. */
+  saw(key: string, value: Uint8Array | undefined): void {
+    const next = value === undefined ? null : digest(value)
+    if (this.#known.get(key) === next) return
+    this.#enqueue(async () => {
+      const current = this.#known.has(key) ? this.#known.get(key) : await this.#stored(key)
+      if (current !== next) {
+        if (value === undefined) await this.#files.delete(key)
+        else await this.#files.put(key, value)
+      }
+      this.#known.set(key, next)
+    })
+  }
+
+  async #stored(key: string): Promise<string | null> {
+    const value = await this.#files.get(key)
+    return value === undefined ? null : digest(value)
+  }
+
+  #enqueue(work: () => Promise<void>): void {
+    this.#queue = this.#queue.then(work).catch(() => {
+      this.failures++
+    })
+  }
+
+  /** Resolves when the copy writes queued so far are done. */
+  flushed(): Promise<void> {
+    return this.#queue
+  }
+
+  get(key: string): Promise<Buffer | undefined> {
+    return this.#files.get(key)
+  }
+
+  list(prefix: string): Promise<string[]> {
+    return this.#files.list(prefix)
+  }
+}
