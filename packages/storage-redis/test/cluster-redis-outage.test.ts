@@ -77,6 +77,13 @@ test(`Redis killed for ${OUTAGE_MS / 1000} s during a renewal round, back empty:
   const failed = cluster.events.filter((e) => e.event === 'order-failed')
   // Renewals of the round: orders started once the round began, per name.
   const roundStarts = cluster.events.filter((e) => e.event === 'order-started' && e.reason !== 'missing')
+  const restarted = NAMES.filter((name) => roundStarts.filter((e) => e.name === name).length > 1).map(
+    (name) =>
+      `${name}: ${roundStarts
+        .filter((e) => e.name === name)
+        .map((e) => `${e.id} ${e.reason} ${e.at < killedAt ? 'before' : e.at < backAt ? 'during' : 'after'}`)
+        .join(', ')}`,
+  )
   for (const instance of instances)
     for (const name of NAMES)
       assert.equal(
@@ -91,7 +98,7 @@ test(`Redis killed for ${OUTAGE_MS / 1000} s during a renewal round, back empty:
   )
   t.diagnostic(
     `every name renewed and served by all ${INSTANCES} instances ${renewedMs} ms after Redis came back (empty); ` +
-      `orders at Pebble ${countOrders(pebble)} for ${served.issuances.length} certificates (an order abandoned when Redis died counts here), renewal orders started ${roundStarts.length} for ${NAMES.length} names, order-failed ${failed.length}`,
+      `orders at Pebble ${countOrders(pebble)} for ${served.issuances.length} certificates (an order abandoned when Redis died counts here), renewal orders started ${roundStarts.length} for ${NAMES.length} names (started again: ${restarted.join('; ') || 'none'}), order-failed ${failed.length}`,
   )
   t.diagnostic(
     `clients through the balancer: ${client.ok} ok, ${client.failed} failed in ${(client.durationMs / 1000).toFixed(1)} s (per instance ${JSON.stringify(client.byInstance)}); ` +
