@@ -8,6 +8,7 @@ export {
   RENEWAL_INFO_PATH,
   startAcmeFront,
 } from './acme-front.js'
+export { type Balancer, type BalancerOptions, startBalancer } from './balancer.js'
 export {
   type Bind,
   type BindOptions,
@@ -22,6 +23,6 @@ export { makeTestCertificates, type TestCertificateOptions, type TestCertificate
 export { type ChallTestSrv, type ChallTestSrvOptions, startChallTestSrv } from './challtestsrv.js'
 export type { FrontOrder, ReplacesProblem } from './order-book.js'
 export { countOrders, type Pebble, type PebbleOptions, startPebble } from './pebble.js'
-export { freePort } from './ports.js'
+export { freePort, freePorts } from './ports.js'
 export { type RedisOptions, type RedisServer, startRedis } from './redis.js'
 export { type AriScript, type AriWindow, defaultAriWindow, type IssuedCertificate } from './renewal-info.js'
