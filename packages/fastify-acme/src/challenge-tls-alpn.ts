@@ -21,6 +21,10 @@ export interface TlsAlpnResponder {
   readonly challengeServer: TlsServer
 }
 
+function offersOnlyAcmeTls(alpn: readonly string[] | undefined): boolean {
+  return alpn !== undefined && alpn.length === 1 && alpn[0] === ACME_TLS_ALPN
+}
+
 /** The one decision that matters for safety; exported so it is tested on its own. */
 export function isChallengeHello(
   alpn: readonly string[] | undefined,
@@ -97,6 +101,18 @@ export function installTlsAlpnResponder(
       ) {
         stats.diverted++
         challengeServer.emit('connection', socket)
+      } else if (result.kind === 'hello' && offersOnlyAcmeTls(result.info.alpnProtocols) && result.info.serverName) {
+        // A validator for a name with no challenge here: another instance's order, whose notification has not
+        // arrived yet. Only validators offer nothing but acme-tls/1, so no normal client waits for this look.
+        socket.on('error', guard)
+        void resolver.lookupChallenge(result.info.serverName).then((found) => {
+          socket.off('error', guard)
+          if (socket.destroyed) return
+          if (found && isChallengeHello(result.info.alpnProtocols, result.info.serverName, resolver)) {
+            stats.diverted++
+            challengeServer.emit('connection', socket)
+          } else pass(socket)
+        })
       } else {
         pass(socket)
       }

@@ -54,6 +54,7 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
         self: `${process.pid}@${hostname()}`,
       })
     : undefined
+  if (shared) wiring.resolver.setChallengeLookup((name) => shared.tlsAlpnLookup(name))
   const share = <T extends ChallengeResponder>(responder: T): ChallengeResponder =>
     shared ? shared.share(responder) : responder
   // The ways this server answers challenges, handed to the manager as capabilities: TLS-ALPN-01 on this TLS port
@@ -89,6 +90,7 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
   fastify.addHook('preClose', async () => {
     await manager.close()
     shared?.close()
+    wiring.resolver.setChallengeLookup(undefined)
     events.removeAll()
     wiring.closeHttp2Sessions()
   })

@@ -189,6 +189,22 @@ export class CertResolver {
 
   // --- TLS-ALPN-01 challenge certificates -------------------------------------------------------------------
 
+  #challengeLookup: ((name: string) => Promise<boolean>) | undefined
+
+  /**
+   * Where to look for a challenge this process does not hold when a validator asks for one (another instance's
+   * pending order, through shared storage): resolves true once it is installed here with setChallenge().
+   */
+  setChallengeLookup(lookup: ((name: string) => Promise<boolean>) | undefined): void {
+    this.#challengeLookup = lookup
+  }
+
+  /** Looks for another instance's challenge for `name` (false without a lookup, or when there is none). */
+  async lookupChallenge(name: string): Promise<boolean> {
+    if (!this.#challengeLookup) return false
+    return this.#challengeLookup(normalizeServerName(name)).catch(() => false)
+  }
+
   setChallenge(name: string, pair: KeyCertPair): void {
     this.#challenges.set(normalizeServerName(name), createSecureContext({ key: pair.key, cert: pair.cert }))
   }

@@ -69,6 +69,8 @@ export class RedisStorage implements Storage {
   readonly #feed: ChangeFeed
   readonly #copy: LocalCopy | undefined
   #connecting: Promise<unknown> | undefined
+  /** When a wait for the connection last ran out, until the client is ready again. */
+  #downSince: number | undefined
   #closed = false
   /** The latest connection error of a client the store created (for messages; the client keeps reconnecting). */
   #lastError: Error | undefined
@@ -102,6 +104,9 @@ export class RedisStorage implements Storage {
       () => this.#ready(),
     )
     this.#copy = this.options.localCopy === undefined ? undefined : new LocalCopy(this.options.localCopy)
+    this.#client.on('ready', () => {
+      this.#downSince = undefined
+    })
     this.#text = this.#client.withCommandOptions({ timeout: commandTimeoutMs })
     this.#bytes = this.#client.withCommandOptions({
       timeout: commandTimeoutMs,
@@ -126,6 +131,10 @@ export class RedisStorage implements Storage {
     if (this.#closed) throw new Error('the Redis storage is closed')
     const client = this.#client
     if (client.isReady) return
+    // Known to be down (a wait already ran out, no 'ready' since): fail at once rather than wait again per
+    // operation, so that a start during an outage reads its local copy without a delay per key.
+    if (this.#downSince !== undefined)
+      throw new Error(`Redis is not reachable (since ${new Date(this.#downSince).toISOString()})`)
     if (!client.isOpen) {
       // A client nobody opened yet (ours, or one given to us unopened). Its own reconnection loop takes over after.
       this.#connecting ??= client.connect().catch((err: Error) => {
@@ -143,6 +152,7 @@ export class RedisStorage implements Storage {
       const onReady = () => done()
       const timer = setTimeout(() => {
         const last = this.#lastError ? ` (last error: ${this.#lastError.message})` : ''
+        this.#downSince ??= Date.now()
         done(new Error(`Redis is not reachable: no connection within ${this.options.commandTimeoutMs} ms${last}`))
       }, this.options.commandTimeoutMs)
       client.on('ready', onReady)

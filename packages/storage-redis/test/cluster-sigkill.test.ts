@@ -3,9 +3,8 @@
 // is served within lease + 10 s of the kill. A replacement instance started afterwards loads the same certificate
 // from Redis and orders nothing: one certificate per name in use, everywhere.
 //
-// Two instances, so that after the kill every validation connection lands on the survivor: this case checks the
-// lease and the order journal, which need nothing else. Validations spread over several live instances (shared
-// challenges) are cluster-rounds.test.ts's case; with those, INSTANCES = 3 runs this case unchanged.
+// Three instances behind the balancer: after the kill, validations of the survivor's order land on either live
+// instance (shared challenges), and the balancer skips the dead one.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { countOrders } from '@autotls/pebble-harness'
@@ -16,7 +15,7 @@ import { ServedSerials } from './fixtures/serials.js'
 const NAMES = ['a.kill.cluster.test', 'b.kill.cluster.test', 'c.kill.cluster.test']
 const LOCK_TTL_MS = 5_000
 const DEADLINE_MS = LOCK_TTL_MS + 10_000
-const INSTANCES = 2
+const INSTANCES = 3
 
 // Killed right after taking the lock (nothing at the CA yet), and after presenting its challenge (an order at the CA,
 // journaled in Redis, possibly being validated).

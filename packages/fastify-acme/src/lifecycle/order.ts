@@ -112,15 +112,9 @@ export class OrderRunner {
       return await this.#locked(entry, reason, lease)
     } catch (err) {
       if (closing.aborted) return { kind: 'abandoned', error: new ERR_CLOSED({ cause: err }) }
-      if (lease === undefined && (err as { unreachable?: unknown }).unreachable === true) {
-        // The storage is unreachable (a shared store's outage): no lock, so no order; this is no failure of the
-        // name and costs no backoff. Orders pause until the storage answers again.
-        const at = this.#d.clock.now() + STORAGE_PAUSE_MS
-        const next: NextKind = entry.failures > 0 ? 'retry' : entry.record ? 'renew' : 'issue'
-        if (entry.next?.source !== 'storage unreachable')
-          this.#d.states.apply(entry, { to: 'deferred', reason: 'storage unreachable', until: at })
-        return { kind: 'paused', next, error: err as Error, at }
-      }
+      // The storage is unreachable (a shared store's outage): no order without it; this is no failure of the name
+      // and costs no backoff. Orders pause until the storage answers again.
+      if (unreachable(err)) return this.#paused(entry, err as Error)
       // Taking the lock (or reading storage) failed: a failure like any other, with its backoff.
       return this.#failed(entry, err, undefined)
     } finally {
@@ -206,6 +200,13 @@ export class OrderRunner {
       states.apply(entry, { to: 'issued', record, issuer: ctx.index })
       return { kind: 'issued' }
     } catch (err) {
+      if (unreachable(err) && !closing.aborted) {
+        // The storage went away in the middle (before the lease noticed): as for a lost lock, nothing counts; an
+        // order already at the CA stays journaled where the storage still has it.
+        await retries.restore(name, priorRaw).catch(() => {})
+        states.apply(entry, { to: 'idle' })
+        return this.#paused(entry, err as Error)
+      }
       if (closing.aborted || lease.lost.aborted) {
         // Stopped by close() or by losing the lock, not failed: the retry state goes back to what it was, so the
         // interruption costs nothing; an order in flight stays journaled and is resumed next time.
@@ -410,6 +411,14 @@ export class OrderRunner {
     return false
   }
 
+  #paused(entry: NameEntry, error: Error): Outcome {
+    const at = this.#d.clock.now() + STORAGE_PAUSE_MS
+    const next: NextKind = entry.failures > 0 ? 'retry' : entry.record ? 'renew' : 'issue'
+    if (entry.next?.source !== 'storage unreachable')
+      this.#d.states.apply(entry, { to: 'deferred', reason: 'storage unreachable', until: at })
+    return { kind: 'paused', next, error, at }
+  }
+
   /** The interrupted order cannot be carried on: the interruption counts as the failure the retry state says. */
   async #interrupted(
     entry: NameEntry,
@@ -480,6 +489,15 @@ export class OrderRunner {
     states.apply(entry, { to: 'failed', error, failures, nextAttemptAt: at })
     return { kind: 'failed', error, at }
   }
+}
+
+/** A storage error marked `unreachable` (see Storage), on the error or on its cause. */
+function unreachable(err: unknown): boolean {
+  for (let e = err as { unreachable?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; depth++) {
+    if (e.unreachable === true) return true
+    e = e.cause as typeof e
+  }
+  return false
 }
 
 const REPLACES_REFUSED = new Set(['urn:ietf:params:acme:error:alreadyReplaced', 'urn:ietf:params:acme:error:conflict'])

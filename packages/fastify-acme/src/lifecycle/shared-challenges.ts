@@ -16,6 +16,7 @@ const ECHO_TIMEOUT_MS = 2_000
  * CA is told to validate (one storage read on their side).
  */
 const PEER_SETTLE_MS = 50
+const PEER_SETTLE_MAX_MS = 1_000
 /**
  * Another instance's challenge is taken down after this long even if its removal was never heard (that instance
  * was killed mid-order): no order waits longer for its validation.
@@ -86,6 +87,15 @@ export class SharedChallenges {
     return record?.type === 'http-01' && record.token === token ? record.keyAuthorization : undefined
   }
 
+  /**
+   * A validator reached this instance for `name` before the notification of another instance's challenge did:
+   * read it from storage and install it. True when it is installed.
+   */
+  async tlsAlpnLookup(name: string): Promise<boolean> {
+    await this.#read(keys.tlsAlpnChallenge(this.#d.dir, name))
+    return this.#remoteNames.has(name)
+  }
+
   /** Wraps a responder so that what it presents is also stored for the other instances. */
   share(inner: ChallengeResponder): ChallengeResponder {
     return {
@@ -127,20 +137,22 @@ export class SharedChallenges {
         resolve(true)
       })
     })
+    const sent = performance.now()
     try {
       await this.#d.storage.put(key, JSON.stringify(record))
     } catch (err) {
-      // This instance still answers it; a validation reaching another one fails and the order is retried.
+      // Unshared, a validation reaching another instance would fail, and a failed validation counts at the CA:
+      // the order stops here instead (paused, when the storage is unreachable).
       this.#echoes.delete(key)
-      this.#d.log.warn(
-        { name: c.name, type: c.type, err },
-        'fastify-acme: could not share a challenge with the other instances',
-      )
-      return
+      this.#own.delete(key)
+      throw err
     }
-    // Our own notification coming back means the others have been told too; give them a moment to read it.
-    if (await echoed) await new Promise((resolve) => setTimeout(resolve, PEER_SETTLE_MS))
-    else this.#d.log.warn({ name: c.name, type: c.type }, 'fastify-acme: no notification of a shared challenge')
+    // Our own notification coming back means the others have been told too; give them a moment to read it: as
+    // long as the round trip took us, several times over on a busy machine, within bounds.
+    if (await echoed) {
+      const settle = Math.min(PEER_SETTLE_MAX_MS, Math.max(PEER_SETTLE_MS, 4 * (performance.now() - sent)))
+      await new Promise((resolve) => setTimeout(resolve, settle))
+    } else this.#d.log.warn({ name: c.name, type: c.type }, 'fastify-acme: no notification of a shared challenge')
     this.#echoes.delete(key)
   }
 
