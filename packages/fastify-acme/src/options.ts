@@ -10,7 +10,7 @@ import type { Storage } from './storage/index.js'
 export const LETSENCRYPT_PRODUCTION = 'https://acme-v02.api.letsencrypt.org/directory'
 export const LETSENCRYPT_STAGING = 'https://acme-staging-v02.api.letsencrypt.org/directory'
 
-export const DEFAULT_SYNC_INTERVAL_MS = 60_000
+export const DEFAULT_SYNC_INTERVAL_MS = 300_000
 export const DEFAULT_CACHE_DIR = '.acme-cache'
 export const DEFAULT_KEY_TYPE = 'ecdsa-p256'
 export const DEFAULT_CHALLENGES = ['tls-alpn-01'] as const
@@ -126,7 +126,7 @@ export const AcmeOptionsSchema = Type.Object(
         minimum: 0,
         description:
           'With a storage that tells about changes (watch()): how often every stored certificate is read again, in ' +
-          'case a notification from another instance was lost. 0: never. Default 60000',
+          'case a notification from another instance was lost. 0: never. Default 300000',
       }),
     ),
     retryMinMs: Type.Optional(Type.Integer({ minimum: 1, description: 'First retry delay after a failed order' })),
