@@ -276,7 +276,11 @@ export interface DirectoryInfo {
  */
 export async function fetchDirectory(url: string, signal: AbortSignal): Promise<DirectoryInfo> {
   const response = await call(signal, 'directory', () =>
-    acmeLib().axios.get(url, { validateStatus: () => true, responseType: 'text', transformResponse: (x: unknown) => x }),
+    acmeLib().axios.get(url, {
+      validateStatus: () => true,
+      responseType: 'text',
+      transformResponse: (x: unknown) => x,
+    }),
   )
   if (response.status !== 200) {
     throw withFacts(new ERR_NOT_A_DIRECTORY(url, `it answered HTTP ${response.status}`), { status: response.status })
@@ -327,7 +331,11 @@ export async function fetchRenewalInfo(
 ): Promise<RenewalInfo> {
   const url = `${renewalInfoUrl.replace(/\/+$/, '')}/${certId}`
   const response = await call(signal, 'renewal info', () =>
-    acmeLib().axios.get(url, { validateStatus: () => true, responseType: 'text', transformResponse: (x: unknown) => x }),
+    acmeLib().axios.get(url, {
+      validateStatus: () => true,
+      responseType: 'text',
+      transformResponse: (x: unknown) => x,
+    }),
   )
   const retryAfterMs = parseRetryAfter(response.headers['retry-after'])
   if (response.status >= 500) {

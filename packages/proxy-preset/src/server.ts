@@ -78,7 +78,7 @@ export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void
  * 256 KiB cuts the CPU per proxied MiB by about a fifth (BENCHMARKS.md) for at most 256 KiB more per busy connection.
  * Node's TLS server gives no option for the sockets it accepts, so it is set on the socket's writable state.
  */
-export const CLIENT_WRITE_HIGH_WATER_MARK = Number(process.env['PRESET_HWM'] ?? 256 * 1024)
+export const CLIENT_WRITE_HIGH_WATER_MARK = 256 * 1024
 
 /** Raises the write buffer of each HTTP/1.1 client connection (HTTP/2 sessions buffer in nghttp2 instead). */
 export function raiseWriteBuffer(server: { on(event: 'secureConnection', l: (socket: TLSSocket) => void): unknown }) {
@@ -126,6 +126,6 @@ export function buildHttpsApp(
     logController: new ProxyLogController(),
   } as unknown as FastifyServerOptions) as unknown as FastifyInstance
   applyHttpLimits(app.server, limits)
-  if (CLIENT_WRITE_HIGH_WATER_MARK > 0) raiseWriteBuffer(app.server as never)
+  raiseWriteBuffer(app.server as never)
   return app
 }
