@@ -51,7 +51,7 @@ const QUICK = flags.quick === true
 const D = Number(flags.duration ?? (QUICK ? 2 : 3))
 const R = Number(flags.repeats ?? (QUICK ? 1 : 3))
 const SECTIONS = new Set((flags.only ?? 'proxy,peek,sni,issue').split(','))
-const PEER_IDS = (flags.peers ?? 'nginx,haproxy,caddy,fastify,preset').split(',')
+const PEER_IDS = (flags.peers ?? 'nginx,haproxy,caddy,floor,fastify,preset').split(',')
 const SNI_SCALES = (flags.sni ?? (QUICK ? '1,1000,10000' : '1,1000,10000,100000')).split(',').map(Number)
 const KA_CONNECTIONS = 64
 const H2 = { connections: 8, streams: 16 }
@@ -474,6 +474,7 @@ function targetTable(): void {
       '≤ 1.05×',
       ratio(ref('preset', m, pick), caddy),
       has('fastify') ? ratio(ref('fastify', m, pick), caddy) : '–',
+      has('floor') ? ratio(ref('floor', m, pick), caddy) : '–',
       m === 'ka-1m' ? '≥ 0.8× (MB/s per core)' : m === 'ka-16k' || m === 'hs-rsa' ? '–' : '≥ 1× (moonshot)',
     ])
   }
@@ -485,6 +486,7 @@ function targetTable(): void {
       '–',
       ratio(median(map.get(PEERS['preset']!.name) ?? []), median(map.get(caddyName) ?? [])),
       ratio(median(map.get(PEERS['fastify']?.name ?? '') ?? []), median(map.get(caddyName) ?? [])),
+      ratio(median(map.get(PEERS['floor']?.name ?? '') ?? []), median(map.get(caddyName) ?? [])),
       '≤ 1.5×',
     ])
   }
@@ -498,6 +500,7 @@ function targetTable(): void {
         'target',
         'preset ×Caddy, per core',
         'plain Fastify ×Caddy, per core',
+        'Node floor ×Caddy, per core',
         'target ×Caddy',
       ],
       rows,

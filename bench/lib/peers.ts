@@ -276,6 +276,7 @@ export const PEERS: Record<string, Peer> = {
   caddy,
   fastify: nodePeer('Fastify + http-proxy', 'fastify-plain.js'),
   preset: nodePeer('proxy-preset', 'proxy-preset.js'),
+  floor: nodePeer('Node http2 + undici (no Fastify)', 'node-floor.js'),
   'preset-nopoll': nodePeer('proxy-preset (reload poll off)', 'proxy-preset.js', ['--poll=0']),
   'preset-accesslog': nodePeer('proxy-preset (access log on)', 'proxy-preset.js', ['--access-log=true']),
 }
