@@ -10,7 +10,8 @@ const out: string[] = []
 const running = []
 for (const [i, s] of specs.entries()) {
   const [id, ...f] = s.split('+')
-  const peer = f.length ? nodePeer(s, id === 'fastify' ? 'fastify-plain.js' : 'proxy-preset.js', [], f) : PEERS[id!]!
+  const script = ({ fastify: 'fastify-plain.js', floor: 'node-floor.js' } as Record<string, string>)[id!] ?? 'proxy-preset.js'
+  const peer = f.length ? nodePeer(s, script, [], f) : PEERS[id!]!
   const r = await peer.start({ dir: join(work, `p${i}`), upstreamPort: upstream.port, cert: ecdsa })
   running.push(r)
   out.push(`${s} ${r.port} ${r.pid}`)

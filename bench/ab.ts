@@ -42,7 +42,7 @@ function peerFor(spec: string): Peer {
     if (!peer) throw new Error(`unknown peer ${id}`)
     return peer
   }
-  const script = id === 'fastify' ? 'fastify-plain.js' : 'proxy-preset.js'
+  const script = { fastify: 'fastify-plain.js', floor: 'node-floor.js' }[id!] ?? 'proxy-preset.js'
   return nodePeer(spec, script, [], nodeFlags)
 }
 
