@@ -7,7 +7,8 @@
 //
 // Peers: the ids of lib/peers.ts, or `<id>+<flag>[+<flag>...]` for a Node peer with extra V8/Node flags (e.g.
 // `preset+--max-semi-space-size=2`), or `preset@<path to a dist/index.js>` for another build of proxy-preset
-// (e.g. the code before a change). Tests: ka-small, ka-16k, ka-1m (wrk -c64), h2 (h2load -c8 -m16), hs (new
+// (e.g. the code before a change), or `preset:<arg>[:<arg>...]` for arguments of servers/proxy-preset.js (e.g.
+// `preset:--logger=false`). Tests: ka-small, ka-16k, ka-1m (wrk -c64), h2 (h2load -c8 -m16), hs (new
 // connections, one request each). Figures, not tests: nothing is asserted.
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -36,6 +37,7 @@ const D = Number(flags.duration)
 function peerFor(spec: string): Peer {
   const at = spec.indexOf('@')
   if (at > 0) return nodePeer(spec, 'proxy-preset.js', [`--impl=${spec.slice(at + 1)}`])
+  if (spec.startsWith('preset:')) return nodePeer(spec, 'proxy-preset.js', spec.split(':').slice(1))
   const [id, ...nodeFlags] = spec.split('+')
   if (nodeFlags.length === 0) {
     const peer = PEERS[id!]
