@@ -32,6 +32,7 @@ import {
   machineInfo,
   PROXY_CORE,
   pinSelf,
+  rssBytes,
   runPinned,
   startPinned,
 } from './lib/sys.js'
@@ -50,7 +51,7 @@ const QUICK = flags.quick === true
 const D = Number(flags.duration ?? (QUICK ? 2 : 3))
 const R = Number(flags.repeats ?? (QUICK ? 1 : 3))
 const SECTIONS = new Set((flags.only ?? 'proxy,peek,sni,issue').split(','))
-const PEER_IDS = (flags.peers ?? 'nginx,haproxy,caddy,fastify,preset').split(',')
+const PEER_IDS = (flags.peers ?? 'nginx,haproxy,caddy,floor,fastify,preset').split(',')
 const SNI_SCALES = (flags.sni ?? (QUICK ? '1,1000,10000' : '1,1000,10000,100000')).split(',').map(Number)
 const KA_CONNECTIONS = 64
 const H2 = { connections: 8, streams: 16 }
@@ -60,6 +61,8 @@ const REWARM = QUICK ? 1 : 3
 /** Secondary measurements (16 KiB, 1 MiB, RSA handshakes) are shorter, to keep the default run near 8 minutes. */
 const SHORT = Math.max(1, D - 1)
 const HS_CLIENT_CONCURRENCY = 16
+/** V8/Node flags given to the Node peers (none by default; BENCH_NODE_FLAGS adds some for experiments). */
+const NODE_FLAGS = (process.env['BENCH_NODE_FLAGS'] ?? '').split(' ').filter((f) => f !== '')
 
 // Cached certificate stores and saved results live outside the work tree (100,000 JSON files have no place in a
 // linted repository): $BENCH_CACHE, default <tmp>/autotls-bench.
@@ -141,6 +144,11 @@ type Metric = 'ka-small' | 'ka-16k' | 'ka-1m' | 'h2' | 'hs-ecdsa' | 'hs-rsa'
 const results = new Map<string, Map<Metric, LoadResult[]>>()
 const tlsInfo = new Map<string, Running['tls']>()
 const peakRss = new Map<string, number[]>()
+/** RSS per peer (ECDSA process): right after start, and 2 s after each round's last load; peak under HTTP/2. */
+const idleRss = new Map<string, number>()
+const afterRss = new Map<string, number[]>()
+const h2Rss = new Map<string, number[]>()
+const push = (m: Map<string, number[]>, k: string, v: number) => m.set(k, [...(m.get(k) ?? []), v])
 
 function record(peer: string, metric: Metric, r: LoadResult): void {
   const byMetric = results.get(peer) ?? new Map<Metric, LoadResult[]>()
@@ -169,6 +177,8 @@ async function proxyRounds(ecdsa: CertFiles, rsa: CertFiles, upstreamPort: numbe
           throw err
         })
       running.set(id, { ecdsa: a, rsa: b })
+      await new Promise((r) => setTimeout(r, 1000))
+      idleRss.set(peer.name, rssBytes(a.pid))
       tlsInfo.set(peer.name, { ...a.tls, key: `${a.tls.key} / ${b.tls.key}` })
       const url = (r: Running, path = 'small') => `https://localhost:${r.port}/${path}`
       await wrk(a.pid, { url: url(a), seconds: WARMUP, connections: KA_CONNECTIONS })
@@ -196,9 +206,14 @@ async function proxyRounds(ecdsa: CertFiles, rsa: CertFiles, upstreamPort: numbe
           rss.push(r.peakRss)
         }
         peakRss.set(peer.name, [...(peakRss.get(peer.name) ?? []), Math.max(...rss)])
-        record(peer.name, 'h2', await h2load(a.pid, { url: url(a), seconds: D, ...H2 }))
+        const h2 = await h2load(a.pid, { url: url(a), seconds: D, ...H2 })
+        record(peer.name, 'h2', h2)
+        push(h2Rss, peer.name, h2.peakRss)
         record(peer.name, 'hs-ecdsa', await newConnections(a.pid, { url: url(a), seconds: D, batch: HS_BATCH }))
         record(peer.name, 'hs-rsa', await newConnections(b.pid, { url: url(b), seconds: SHORT, batch: HS_BATCH }))
+        // The ECDSA process has been idle for the RSA run (SHORT s); 2 s more, then its RSS after load.
+        await new Promise((r) => setTimeout(r, 2000))
+        push(afterRss, peer.name, rssBytes(a.pid))
       }
     }
   } finally {
@@ -378,22 +393,42 @@ function proxyTables(): void {
   print()
   print('CPU µs/handshake = CPU per new connection (handshake + one proxied request) − CPU per keep-alive request.')
   print()
-  print('### 7. Peak RSS during the keep-alive runs, and what was negotiated')
+  print('### 7. Memory (RSS of the ECDSA process) and what was negotiated')
   print()
+  const mibs = (v: number[]) =>
+    withSpread(
+      v.map((b) => b / 2 ** 20),
+      1,
+    )
+  const caddyName = PEERS['caddy']?.name ?? 'Caddy'
   print(
     table(
-      ['proxy', 'peak RSS MiB', 'RSS ×nginx', 'TLS', 'cipher', 'ALPN', 'certificates'],
+      [
+        'proxy',
+        'idle MiB',
+        'peak keep-alive MiB',
+        '×Caddy',
+        'peak HTTP/2 MiB',
+        '×Caddy',
+        'after load MiB',
+        'TLS',
+        'cipher',
+        'ALPN',
+        'certificates',
+      ],
       PEER_IDS.map((id) => {
         const name = PEERS[id]!.name
-        const v = peakRss.get(name) ?? []
+        const ka = peakRss.get(name) ?? []
+        const h2 = h2Rss.get(name) ?? []
         const tls = tlsInfo.get(name)
         return [
           name,
-          withSpread(
-            v.map((b) => b / 2 ** 20),
-            1,
-          ),
-          ratio(median(v), median(peakRss.get('nginx') ?? [])),
+          mib(idleRss.get(name) ?? Number.NaN),
+          mibs(ka),
+          ratio(median(ka), median(peakRss.get(caddyName) ?? [])),
+          mibs(h2),
+          ratio(median(h2), median(h2Rss.get(caddyName) ?? [])),
+          mibs(afterRss.get(name) ?? []),
           tls?.protocol ?? '–',
           tls?.cipher ?? '–',
           tls?.alpn ?? '–',
@@ -401,6 +436,79 @@ function proxyTables(): void {
         ]
       }),
     ),
+  )
+  print()
+  print(
+    `idle: 1 s after start, before any load; peak: highest VmRSS sampled every 100 ms during the keep-alive runs (64 B, 16 KiB, 1 MiB) and during the HTTP/2 run; after load: 2 s after the round's last run on that process. Node peers run the built JavaScript with plain \`node\`${NODE_FLAGS.length > 0 ? ` and ${NODE_FLAGS.join(' ')}` : ', no V8 or Node flags'}.`,
+  )
+  print()
+  targetTable()
+}
+
+/** Issue 16's targets and the moonshot, as ratios of this run's medians. */
+function targetTable(): void {
+  const cpu = (r: LoadResult) => r.cpuPerOpUs
+  const perCore = (r: LoadResult) => r.perCore
+  const mbPerCore = (r: LoadResult) => (r.cpu > 0 ? ((r.bytesPerSec ?? 0) * r.seconds) / 2 ** 20 / r.cpu : Number.NaN)
+  const has = (id: string) => PEER_IDS.includes(id)
+  if (!has('preset')) return
+  print("### Targets: proxy-preset against the design floor and against Caddy (ratios of this run's medians)")
+  print()
+  const rows: string[][] = []
+  const tests: Array<[Metric, string]> = [
+    ['ka-small', 'keep-alive, 64 B'],
+    ['ka-16k', 'keep-alive, 16 KiB'],
+    ['ka-1m', 'keep-alive, 1 MiB'],
+    ['h2', 'HTTP/2'],
+    ['hs-ecdsa', 'new connection + 1 request, ECDSA'],
+    ['hs-rsa', 'new connection + 1 request, RSA'],
+  ]
+  for (const [m, label] of tests) {
+    const preset = ref('preset', m, cpu)
+    const plain = has('fastify') ? ref('fastify', m, cpu) : Number.NaN
+    const pick = m === 'ka-1m' ? mbPerCore : perCore
+    const caddy = has('caddy') ? ref('caddy', m, pick) : Number.NaN
+    rows.push([
+      label,
+      ratio(preset, plain),
+      '≤ 1.05×',
+      ratio(ref('preset', m, pick), caddy),
+      has('fastify') ? ratio(ref('fastify', m, pick), caddy) : '–',
+      has('floor') ? ratio(ref('floor', m, pick), caddy) : '–',
+      m === 'ka-1m' ? '≥ 0.8× (MB/s per core)' : m === 'ka-16k' || m === 'hs-rsa' ? '–' : '≥ 1× (moonshot)',
+    ])
+  }
+  const rssRow = (label: string, map: Map<string, number[]>) => {
+    const caddyName = PEERS['caddy']?.name ?? 'Caddy'
+    rows.push([
+      label,
+      ratio(median(map.get(PEERS['preset']!.name) ?? []), median(map.get(PEERS['fastify']?.name ?? '') ?? [])),
+      '–',
+      ratio(median(map.get(PEERS['preset']!.name) ?? []), median(map.get(caddyName) ?? [])),
+      ratio(median(map.get(PEERS['fastify']?.name ?? '') ?? []), median(map.get(caddyName) ?? [])),
+      ratio(median(map.get(PEERS['floor']?.name ?? '') ?? []), median(map.get(caddyName) ?? [])),
+      '≤ 1.5×',
+    ])
+  }
+  rssRow('peak RSS, keep-alive', peakRss)
+  rssRow('peak RSS, HTTP/2', h2Rss)
+  print(
+    table(
+      [
+        'test',
+        'preset / plain Fastify, CPU per op',
+        'target',
+        'preset ×Caddy, per core',
+        'plain Fastify ×Caddy, per core',
+        'Node floor ×Caddy, per core',
+        'target ×Caddy',
+      ],
+      rows,
+    ),
+  )
+  print()
+  print(
+    'per core: requests (connections for new connections, MB for 1 MiB) per CPU-second of the proxy process; for peak RSS the columns are RSS ratios (lower is better).',
   )
   print()
 }

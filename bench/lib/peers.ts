@@ -248,7 +248,7 @@ https://localhost:${port} {
   },
 }
 
-function nodePeer(name: string, script: string, extra: string[] = []): Peer {
+export function nodePeer(name: string, script: string, extra: string[] = [], nodeFlags: string[] = []): Peer {
   const path = fileURLToPath(new URL(`../servers/${script}`, import.meta.url))
   return {
     name,
@@ -257,9 +257,7 @@ function nodePeer(name: string, script: string, extra: string[] = []): Peer {
       const args = [
         // Extra V8/Node flags for the Node peers, for experiments (e.g. BENCH_NODE_FLAGS=--no-flush-bytecode).
         ...(process.env['BENCH_NODE_FLAGS'] ?? '').split(' ').filter((f) => f !== ''),
-        '--import',
-        'tsx',
-        '--conditions=source',
+        ...nodeFlags,
         path,
         `--port=${port}`,
         `--upstream=http://127.0.0.1:${upstreamPort}`,
@@ -276,8 +274,9 @@ export const PEERS: Record<string, Peer> = {
   nginx,
   haproxy,
   caddy,
-  fastify: nodePeer('Fastify + http-proxy', 'fastify-plain.ts'),
-  preset: nodePeer('proxy-preset', 'proxy-preset.ts'),
-  'preset-nopoll': nodePeer('proxy-preset (reload poll off)', 'proxy-preset.ts', ['--poll=0']),
-  'preset-accesslog': nodePeer('proxy-preset (access log on)', 'proxy-preset.ts', ['--access-log=true']),
+  fastify: nodePeer('Fastify + http-proxy', 'fastify-plain.js'),
+  preset: nodePeer('proxy-preset', 'proxy-preset.js'),
+  floor: nodePeer('Node http2 + undici (no Fastify)', 'node-floor.js'),
+  'preset-nopoll': nodePeer('proxy-preset (reload poll off)', 'proxy-preset.js', ['--poll=0']),
+  'preset-accesslog': nodePeer('proxy-preset (access log on)', 'proxy-preset.js', ['--access-log=true']),
 }

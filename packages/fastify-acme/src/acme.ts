@@ -15,9 +15,10 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { generateKeyPair } from 'node:crypto'
 import { channel } from 'node:diagnostics_channel'
 import { Agent } from 'node:https'
+import { createRequire } from 'node:module'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createSecureContext, rootCertificates } from 'node:tls'
-import * as acme from 'acme-client'
+import type * as acme from 'acme-client'
 import { type CaFacts, withFacts } from './error-facts.js'
 import {
   ERR_CA_PROBLEM,
@@ -31,6 +32,17 @@ import {
   ERR_VALIDATION_FAILED,
 } from './errors.js'
 import type { ChallengeType, KeyType } from './options.js'
+
+/**
+ * acme-client, loaded at its first use rather than with this module: it and axios under it hold about 18 MiB of RSS
+ * (measured in BENCHMARKS.md), which a server whose certificates are all cached and valid, or that has only manual
+ * certificates, never needs. acme-client is CommonJS, so the load stays synchronous.
+ */
+let lib: typeof acme | undefined
+function acmeLib(): typeof acme {
+  lib ??= createRequire(import.meta.url)('acme-client') as typeof acme
+  return lib
+}
 
 interface CallInfo {
   status?: number | undefined
@@ -81,14 +93,14 @@ class CaAgent extends Agent {
 function installAgent(): void {
   // One secure context built once: passing `ca` instead would parse every root again for each new connection.
   const secureContext = createSecureContext({ ca: [...rootCertificates, ...extraRoots] })
-  acme.axios.defaults.httpsAgent = new CaAgent({ secureContext, keepAlive: true })
+  acmeLib().axios.defaults.httpsAgent = new CaAgent({ secureContext, keepAlive: true })
 }
 
 function hookAxios(): void {
   if (hooked) return
   hooked = true
   installAgent()
-  const instance = acme.axios
+  const instance = acmeLib().axios
   const settings = (instance.defaults as unknown as { acmeSettings: Record<string, number> }).acmeSettings
   const defaultAttempts = settings['retryMaxAttempts'] ?? 5
   // Other users of acme-client in this process keep its default retry behaviour.
@@ -264,7 +276,11 @@ export interface DirectoryInfo {
  */
 export async function fetchDirectory(url: string, signal: AbortSignal): Promise<DirectoryInfo> {
   const response = await call(signal, 'directory', () =>
-    acme.axios.get(url, { validateStatus: () => true, responseType: 'text', transformResponse: (x: unknown) => x }),
+    acmeLib().axios.get(url, {
+      validateStatus: () => true,
+      responseType: 'text',
+      transformResponse: (x: unknown) => x,
+    }),
   )
   if (response.status !== 200) {
     throw withFacts(new ERR_NOT_A_DIRECTORY(url, `it answered HTTP ${response.status}`), { status: response.status })
@@ -315,7 +331,11 @@ export async function fetchRenewalInfo(
 ): Promise<RenewalInfo> {
   const url = `${renewalInfoUrl.replace(/\/+$/, '')}/${certId}`
   const response = await call(signal, 'renewal info', () =>
-    acme.axios.get(url, { validateStatus: () => true, responseType: 'text', transformResponse: (x: unknown) => x }),
+    acmeLib().axios.get(url, {
+      validateStatus: () => true,
+      responseType: 'text',
+      transformResponse: (x: unknown) => x,
+    }),
   )
   const retryAfterMs = parseRetryAfter(response.headers['retry-after'])
   if (response.status >= 500) {
@@ -407,7 +427,7 @@ function makeClient(
   accountUrl?: string,
   eab?: AccountParams['eab'],
 ): acme.Client {
-  const client = new acme.Client({
+  const client = new (acmeLib().Client)({
     directoryUrl,
     accountKey: keyPem,
     ...(accountUrl ? { accountUrl } : {}),
@@ -606,7 +626,7 @@ export class AcmeSession {
 
   /** Finalizes a ready order with a CSR for `names` signed by `keyPem`; returns the order once valid. */
   async finalize(signal: AbortSignal, order: AcmeOrder, names: readonly string[], keyPem: string): Promise<AcmeOrder> {
-    const [, csr] = await acme.crypto.createCsr({ commonName: names[0], altNames: [...names] }, keyPem)
+    const [, csr] = await acmeLib().crypto.createCsr({ commonName: names[0], altNames: [...names] }, keyPem)
     this.#log('finalizing order', { orderUrl: order.url })
     const finalized = await call(signal, 'finalize', () => this.#client.finalizeOrder(dataOf(order), csr))
     return this.waitValid(signal, wrapOrder({ ...finalized, url: order.url }))
@@ -683,6 +703,6 @@ export async function tlsAlpnCertificate(
   keyPem: string,
 ): Promise<{ key: string; cert: string }> {
   const authz = { identifier: { type: 'dns', value: name } } as unknown as acme.Authorization
-  const [, cert] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization, keyPem)
+  const [, cert] = await acmeLib().crypto.createAlpnCertificate(authz, keyAuthorization, keyPem)
   return { key: keyPem, cert: cert.toString() }
 }

@@ -1,9 +1,11 @@
+// @ts-check
 // Peer: @autotls/proxy-preset with a manual certificate file for `localhost` and one route to the upstream, with
 // the preset's defaults otherwise (HTTP/2 with HTTP/1.1 fallback, its default logger at info level: stdout goes to
 // /dev/null in the benchmark). `--logger=false` turns the logger off; `--access-log=true` turns the access log on
-// (one JSON line per request through that logger).
+// (one JSON line per request through that logger). Plain JavaScript run by plain `node`, importing the package's
+// build (dist/, as the `autotls` bin does): `npm run bench` builds first.
 //
-//   node --import tsx --conditions=source bench/servers/proxy-preset.ts --port=8443 --upstream=URL --cert=C --key=K
+//   node bench/servers/proxy-preset.js --port=8443 --upstream=URL --cert=C --key=K
 import { parseArgs } from 'node:util'
 import { startProxy as startPreset } from '@autotls/proxy-preset'
 
@@ -19,17 +21,16 @@ const { values } = parseArgs({
     'access-log': { type: 'string' },
   },
 })
-// --impl=PATH: another build of the preset's source (before/after comparisons of a change).
-const startProxy: typeof startPreset = values.impl
-  ? ((await import(values.impl)) as { startProxy: typeof startPreset }).startProxy
-  : startPreset
+// --impl=PATH: another build of the preset (its dist/index.js), for before/after comparisons of a change.
+/** @type {typeof startPreset} */
+const startProxy = values.impl ? (await import(values.impl)).startProxy : startPreset
 
 const proxy = await startProxy({
   ...(values.logger === 'false' ? { logger: false } : {}),
   https: { host: '127.0.0.1', port: Number(values.port) },
   http: false,
-  certificates: [{ cert: values.cert!, key: values.key!, hosts: ['localhost'] }],
-  routes: [{ host: 'localhost', upstream: values.upstream! }],
+  certificates: [{ cert: String(values.cert), key: String(values.key), hosts: ['localhost'] }],
+  routes: [{ host: 'localhost', upstream: String(values.upstream) }],
   ...(values.poll !== undefined ? { reload: { pollIntervalMs: Number(values.poll) } } : {}),
   ...(values['access-log'] === 'true' ? { accessLog: true } : {}),
   shutdown: { signals: ['SIGTERM'], graceMs: 1000 },
