@@ -21,7 +21,11 @@ interface TicketKey {
 
 export interface SessionTicketDeps {
   /** The server the plugin serves TLS on. */
-  server: { setTicketKeys(keys: Buffer): void }
+  server: {
+    setTicketKeys(keys: Buffer): void
+    on(event: 'listening', listener: () => void): unknown
+    off(event: 'listening', listener: () => void): unknown
+  }
   /** Where the shared key lives; undefined: a key of this process only. */
   storage: Storage | undefined
   /** The storage folder of the directory (storage/index.ts directoryKey). */
@@ -47,6 +51,10 @@ export class SessionTickets {
   /** Puts a key in use before the server listens (a storage that cannot be read leaves Node's own key, retried). */
   async start(): Promise<void> {
     const { storage, dir } = this.#deps
+    // In a node:cluster worker, listen() replaces the server's ticket keys with those of the first worker that
+    // listened (Node shares them that way); ours are put back, or a worker forked after a rotation would hold a
+    // stale key, and `shared: false` would not be per process.
+    this.#deps.server.on('listening', this.#reapply)
     if (storage?.watch) {
       this.#watch = storage.watch(keys.sessionTickets(dir), (change) => {
         if (change.type !== 'unreachable') void this.#refresh()
@@ -55,8 +63,13 @@ export class SessionTickets {
     await this.#refresh()
   }
 
+  #reapply = () => {
+    if (this.#current) this.#deps.server.setTicketKeys(this.#current.key)
+  }
+
   async close(): Promise<void> {
     this.#closed = true
+    this.#deps.server.off('listening', this.#reapply)
     this.#deps.clock.clearTimeout(this.#timer)
     await this.#watch?.close()
     await this.#queue
