@@ -248,7 +248,7 @@ https://localhost:${port} {
   },
 }
 
-function nodePeer(name: string, script: string, extra: string[] = []): Peer {
+function nodePeer(name: string, script: string, extra: string[] = [], cores: number | string = PROXY_CORE): Peer {
   const path = fileURLToPath(new URL(`../servers/${script}`, import.meta.url))
   return {
     name,
@@ -267,7 +267,7 @@ function nodePeer(name: string, script: string, extra: string[] = []): Peer {
         `--key=${cert.key}`,
         ...extra,
       ]
-      return finish(name, port, startPinned(PROXY_CORE, process.execPath, args, { keepOutput: false }))
+      return finish(name, port, startPinned(cores, process.execPath, args, { keepOutput: false }))
     },
   }
 }
@@ -280,4 +280,13 @@ export const PEERS: Record<string, Peer> = {
   preset: nodePeer('proxy-preset', 'proxy-preset.ts'),
   'preset-nopoll': nodePeer('proxy-preset (reload poll off)', 'proxy-preset.ts', ['--poll=0']),
   'preset-accesslog': nodePeer('proxy-preset (access log on)', 'proxy-preset.ts', ['--access-log=true']),
+  // workers: 2 pinned to the proxy core like every peer (what the cluster costs), and on both cores (what it gains
+  // when the load generator, on core 1, leaves room).
+  'preset-workers2': nodePeer('proxy-preset (workers: 2, one core)', 'proxy-preset.ts', ['--workers=2']),
+  'preset-workers2-2cores': nodePeer(
+    'proxy-preset (workers: 2, both cores)',
+    'proxy-preset.ts',
+    ['--workers=2'],
+    '0,1',
+  ),
 }
