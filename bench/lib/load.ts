@@ -2,7 +2,7 @@
 // h2load (HTTP/2) and our Node handshake client (random SNI per connection). Every run is pinned to the load core,
 // bounded in time, and measured together with the CPU time the server process spent during it.
 import { fileURLToPath } from 'node:url'
-import { cpuSeconds, LOAD_CORE, runPinned, sampleRss } from './sys.js'
+import { LOAD_CORE, runPinned, sampleRss, treeCpuSeconds } from './sys.js'
 
 export interface LoadResult {
   /** Completed requests (or handshakes) per second, as the client measured it. */
@@ -72,9 +72,9 @@ async function measured<T extends { count: number; seconds: number; rate: number
   run: () => Promise<T>,
 ): Promise<LoadResult & T> {
   const rss = sampleRss(serverPid)
-  const before = cpuSeconds(serverPid)
+  const before = treeCpuSeconds(serverPid)
   const parsed = await run()
-  const cpu = cpuSeconds(serverPid) - before
+  const cpu = treeCpuSeconds(serverPid) - before
   const peakRss = rss.stop()
   return {
     ...parsed,

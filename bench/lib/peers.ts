@@ -248,7 +248,13 @@ https://localhost:${port} {
   },
 }
 
-export function nodePeer(name: string, script: string, extra: string[] = [], nodeFlags: string[] = []): Peer {
+export function nodePeer(
+  name: string,
+  script: string,
+  extra: string[] = [],
+  nodeFlags: string[] = [],
+  cores: number | string = PROXY_CORE,
+): Peer {
   const path = fileURLToPath(new URL(`../servers/${script}`, import.meta.url))
   return {
     name,
@@ -265,7 +271,7 @@ export function nodePeer(name: string, script: string, extra: string[] = [], nod
         `--key=${cert.key}`,
         ...extra,
       ]
-      return finish(name, port, startPinned(PROXY_CORE, process.execPath, args, { keepOutput: false }))
+      return finish(name, port, startPinned(cores, process.execPath, args, { keepOutput: false }))
     },
   }
 }
@@ -279,4 +285,14 @@ export const PEERS: Record<string, Peer> = {
   floor: nodePeer('Node http2 + undici (no Fastify)', 'node-floor.js'),
   'preset-nopoll': nodePeer('proxy-preset (reload poll off)', 'proxy-preset.js', ['--poll=0']),
   'preset-accesslog': nodePeer('proxy-preset (access log on)', 'proxy-preset.js', ['--access-log=true']),
+  // workers: 2 pinned to the proxy core like every peer (what the cluster costs), and on both cores (what it gains
+  // when the load generator, on core 1, leaves room).
+  'preset-workers2': nodePeer('proxy-preset (workers: 2, one core)', 'proxy-preset.js', ['--workers=2']),
+  'preset-workers2-2cores': nodePeer(
+    'proxy-preset (workers: 2, both cores)',
+    'proxy-preset.js',
+    ['--workers=2'],
+    [],
+    '0,1',
+  ),
 }

@@ -1,7 +1,7 @@
 // The machine side of the benchmarks: Debian packages the suite needs, CPU pinning, per-process CPU time and RSS
 // read from /proc, the machine description recorded with every run, and child processes that are always stopped.
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem } from 'node:os'
 
 /** The two cores of the method: the proxy under test on one, load generator and upstream on the other. */
@@ -54,6 +54,23 @@ export function cpuSeconds(pid: number): number {
   } catch {
     return Number.NaN
   }
+}
+
+/**
+ * CPU seconds of a process and its child processes (a node:cluster primary and its workers); the same as
+ * cpuSeconds() for a process without children. Children that exited are not counted.
+ */
+export function treeCpuSeconds(pid: number): number {
+  let total = cpuSeconds(pid)
+  try {
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      const children = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').trim()
+      for (const child of children === '' ? [] : children.split(' ')) total += cpuSeconds(Number(child))
+    }
+  } catch {
+    // Gone: what was read so far.
+  }
+  return total
 }
 
 /** Resident set size in bytes, from /proc/<pid>/status (VmRSS, or VmHWM for the peak). */
@@ -156,7 +173,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 export function startPinned(
-  core: number,
+  core: number | string,
   cmd: string,
   args: string[],
   opts: { env?: NodeJS.ProcessEnv; cwd?: string; keepOutput?: boolean } = {},

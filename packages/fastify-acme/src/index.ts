@@ -15,8 +15,9 @@ import { SharedChallenges } from './lifecycle/shared-challenges.js'
 import { OnDemand } from './on-demand/index.js'
 import { type FastifyAcmeOptions, resolveOptions, systemClock } from './options.js'
 import { wiringOf } from './server.js'
+import { SessionTickets } from './session-tickets.js'
 import { FileStorage } from './storage/file.js'
-import type { Storage } from './storage/index.js'
+import { directoryKey, type Storage } from './storage/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -84,6 +85,18 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
   }
   // Cached certificates are served from the first handshake, before any CA contact.
   await manager.load()
+  if (options.sessionTickets) {
+    const tickets = new SessionTickets({
+      server,
+      storage: options.sessionTickets.shared ? storage : undefined,
+      dir: directoryKey(options.directoryUrl),
+      rotateAfterMs: options.sessionTickets.rotateAfterMs,
+      clock: rawOptions.clock ?? systemClock,
+      log: log.child({ component: 'session-tickets' }),
+    })
+    await tickets.start()
+    fastify.addHook('preClose', () => tickets.close())
+  }
   fastify.addHook('onListen', async () => {
     await manager.start()
   })

@@ -21,6 +21,7 @@ export const DEFAULT_RETRY_MIN_MS = 60_000
 export const DEFAULT_RETRY_MAX_MS = 24 * 3600_000
 export const DEFAULT_RATE_LIMIT_ORDERS = 250
 export const DEFAULT_RATE_LIMIT_WINDOW_MS = 3 * 3600_000
+export const DEFAULT_TICKET_ROTATE_MS = 3600_000
 
 export const KeyTypeSchema = Type.Union(
   [Type.Literal('ecdsa-p256'), Type.Literal('ecdsa-p384'), Type.Literal('rsa-2048'), Type.Literal('rsa-4096')],
@@ -225,6 +226,30 @@ export const AcmeOptionsSchema = Type.Object(
     issueOnStart: Type.Optional(
       Type.Boolean({ description: 'Order missing certificates when the server starts listening (default true)' }),
     ),
+    sessionTickets: Type.Optional(
+      Type.Object(
+        {
+          shared: Type.Optional(
+            Type.Boolean({
+              description:
+                'Keep the key in the storage, so every process sharing it resumes the sessions of the others (default true)',
+            }),
+          ),
+          rotateAfterMs: Type.Optional(
+            Type.Integer({
+              minimum: 1000,
+              maximum: 30 * 24 * 3600_000,
+              description: `Replace the key when it is this old (default ${DEFAULT_TICKET_ROTATE_MS / 3600_000} h)`,
+            }),
+          ),
+        },
+        {
+          additionalProperties: false,
+          description:
+            "TLS session-ticket key of the server: shared through the storage and rotated (default: Node's own, per process, never rotated)",
+        },
+      ),
+    ),
   },
   { additionalProperties: false },
 )
@@ -291,6 +316,7 @@ export interface ResolvedOptions {
   issueOnStart: boolean
   profile: string | undefined
   onDemand: ResolvedOnDemand | undefined
+  sessionTickets: { shared: boolean; rotateAfterMs: number } | undefined
 }
 
 export interface ResolvedDns01 {
@@ -468,5 +494,11 @@ export function resolveOptions(input: unknown): ResolvedOptions {
     issueOnStart: opts.issueOnStart ?? true,
     profile: opts.profile,
     onDemand,
+    sessionTickets: opts.sessionTickets
+      ? {
+          shared: opts.sessionTickets.shared ?? true,
+          rotateAfterMs: opts.sessionTickets.rotateAfterMs ?? DEFAULT_TICKET_ROTATE_MS,
+        }
+      : undefined,
   }
 }

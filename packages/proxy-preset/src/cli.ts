@@ -5,7 +5,7 @@
 import { Command, Option } from 'commander'
 import { type ConfigFile, describeConfigError, loadConfigFile } from './config-file.js'
 import { type ProxyHandle, startProxy } from './index.js'
-import { DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT } from './options.js'
+import { DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, type ProxyOptions, resolveProxyOptions } from './options.js'
 import { formatPlan, inspectConfig, planJson } from './plan-report.js'
 
 const VERSION = '0.1.0'
@@ -119,12 +119,31 @@ program
   .addOption(new Option('--no-watch', 'do not reload when the file changes'))
   .action(async (opts: { config: string; watch: boolean }) => {
     const config = await load(opts.config)
+    let workers: number
+    let shutdown: { signals: NodeJS.Signals[]; graceMs: number }
+    try {
+      ;({ workers, shutdown } = resolveProxyOptions(config.options))
+    } catch (err) {
+      fail(describeConfigError(err, config))
+    }
+    // With `workers`, this process only supervises them (workers.ts); each worker runs this command again.
+    const cluster = workers > 1 ? await import('./workers.js') : undefined
+    if (cluster && !cluster.isWorker()) {
+      process.exitCode = await cluster.runPrimary({
+        workers,
+        signals: shutdown.signals,
+        graceMs: shutdown.graceMs,
+        reloadSignal: 'SIGHUP',
+      })
+      return
+    }
+    const prepare = (options: ProxyOptions) => (cluster ? cluster.withSharedTickets(options) : options)
     let proxy: ProxyHandle
     try {
-      proxy = await startProxy(config.options, {
+      proxy = await startProxy(prepare(config.options), {
         reloadSource: async () => {
           const next = await loadConfigFile(opts.config)
-          return { options: next.options, describeError: (err: unknown) => describeConfigError(err, next) }
+          return { options: prepare(next.options), describeError: (err: unknown) => describeConfigError(err, next) }
         },
         watchFile: opts.watch ? opts.config : undefined,
         reloadSignal: 'SIGHUP',
@@ -135,8 +154,9 @@ program
     const { https, http } = proxy.addresses()
     const admin = proxy.adminAddress()
     process.stderr.write(
-      `autotls: serving ${proxy.options.routes.length} route(s) on https ${https.port}${http ? `, http ${http.port}` : ''}${admin ? `, admin ${admin.port}` : ''}\n`,
+      `autotls: ${cluster ? `worker ${process.pid} ` : ''}serving ${proxy.options.routes.length} route(s) on https ${https.port}${http ? `, http ${http.port}` : ''}${admin ? `, admin ${admin.port}` : ''}\n`,
     )
+    cluster?.serveAsWorker(proxy)
   })
 
 program

@@ -104,3 +104,14 @@ export const ERR_UPSTREAM_TIMEOUT = createError<[string, Cause?]>(
   504,
 )
 export const ERR_SHUTTING_DOWN = createError<[Cause?]>('FPROXY_SHUTTING_DOWN', 'The proxy is shutting down', 503)
+
+// --- workers (autotls run with `workers`) --------------------------------------------------------------------------
+
+export const ERR_WORKER_START = createError<[string, Cause?]>(
+  'FPROXY_WORKER_START',
+  'proxy-preset: a worker exited before the proxy served (%s); its own log line above says why',
+)
+export const ERR_WORKER_CRASH_LOOP = createError<[number, number, Cause?]>(
+  'FPROXY_WORKER_CRASH_LOOP',
+  'proxy-preset: workers crashed %d times within %d ms of starting; stopping instead of restarting them forever (see their log lines above)',
+)

@@ -1,6 +1,7 @@
 // The proxy's options: one TypeBox schema is the source of truth for validation, types and documented defaults.
 // resolveProxyOptions() turns user input into a fully-defaulted ResolvedProxyOptions or throws an FPROXY_* error
 // naming the option to fix. Pure: no I/O (certificate files are read later, by manual-certs.ts).
+import { availableParallelism } from 'node:os'
 import { AcmeOptionsSchema, type FastifyAcmeOptions, type Storage } from '@autotls/fastify-acme'
 import { type Static, Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
@@ -290,6 +291,12 @@ export const ProxyOptionsSchema = Type.Object(
     accessLog: Type.Optional(
       Type.Boolean({ description: 'One JSON line per request through the logger (default false)' }),
     ),
+    workers: Type.Optional(
+      Type.Union([Type.Integer({ minimum: 1, maximum: 1024 }), Type.Literal('auto')], {
+        description:
+          "Processes serving the listeners (node:cluster, `autotls run` only): a number, or 'auto' for one per core (default 1: this process)",
+      }),
+    ),
     shutdown: Type.Optional(
       Type.Object(
         {
@@ -378,6 +385,8 @@ export interface ResolvedProxyOptions {
   admin: { host: string; port: number; token: string | undefined } | undefined
   accessLog: boolean
   shutdown: { signals: NodeJS.Signals[]; graceMs: number; exit: boolean }
+  /** Worker processes (1: none, this process serves). */
+  workers: number
   logger: ProxyOptions['logger']
 }
 
@@ -711,6 +720,7 @@ export function resolveProxyOptions(input: unknown): ResolvedProxyOptions {
       graceMs: opts.shutdown?.graceMs ?? DEFAULT_SHUTDOWN_GRACE_MS,
       exit: opts.shutdown?.exit ?? true,
     },
+    workers: opts.workers === 'auto' ? availableParallelism() : (opts.workers ?? 1),
     logger,
   }
 }

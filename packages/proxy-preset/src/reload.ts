@@ -17,7 +17,7 @@ export interface ReloadResult {
   routesRemoved: string[]
 }
 
-const RESTART_ONLY = ['https', 'http', 'health', 'admin', 'shutdown', 'reload'] as const
+const RESTART_ONLY = ['https', 'http', 'health', 'admin', 'shutdown', 'reload', 'workers'] as const
 
 function same(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b)

@@ -7,7 +7,15 @@ import { hostname } from 'node:os'
 import { basename, dirname, join, relative, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ERR_LOCK_TIMEOUT, ERR_STORAGE } from '../errors.js'
-import { assertKey, type Lease, type LockOptions, type Storage } from './index.js'
+import { watchFolder } from './file-watch.js'
+import {
+  assertKey,
+  type Lease,
+  type LockOptions,
+  type Storage,
+  type StorageChange,
+  type StorageWatch,
+} from './index.js'
 
 const FILE_MODE = 0o600
 const DIR_MODE = 0o700
@@ -143,6 +151,16 @@ export class FileStorage implements Storage {
     const folder = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : ''
     await walk(folder === '' ? this.root : join(this.root, ...folder.split('/')))
     return out.sort()
+  }
+
+  /**
+   * Changes under `prefix` by any process using this folder, through inotify (see file-watch.ts). The folder the
+   * prefix names is created if missing. Only on a local file system: a network file system (NFS, SMB) does not
+   * report other machines' writes.
+   */
+  watch(prefix: string, listener: (change: StorageChange) => void): StorageWatch {
+    if (prefix !== '') assertKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix)
+    return watchFolder(this.root, prefix, listener, DIR_MODE)
   }
 
   async lock(key: string, options: LockOptions = {}): Promise<Lease> {

@@ -128,6 +128,10 @@ export const keys = {
   /** A pending HTTP-01 token (base64url, so it may start with '-': the 't' keeps the segment a valid key). */
   http01Challenge: (dir: string, token: string) => `${dir}/challenges/http-01/t${token}.json`,
   challenges: (dir: string) => `${dir}/challenges/`,
+  /** The TLS session-ticket key every process sharing the storage uses (sessionTickets.shared), and its lock. */
+  sessionTicketKey: (dir: string) => `${dir}/session-tickets/current.json`,
+  sessionTickets: (dir: string) => `${dir}/session-tickets/`,
+  sessionTicketLock: (dir: string) => `${dir}/locks/session-tickets`,
   /** Space held while an order or an account registration runs, so its result is sure to fit. */
   reservation: (dir: string, what: string) => `${dir}/reserved/${nameSegment(what)}`,
 }

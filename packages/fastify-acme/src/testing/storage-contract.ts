@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { describe, test } from 'node:test'
-import type { Storage } from '../storage/index.js'
+import type { Storage, StorageChange } from '../storage/index.js'
 
 /** What a storage under test needs, made fresh for each case. */
 export interface StorageFixture {
@@ -24,6 +24,8 @@ export interface StorageContractOptions {
   lockTimeoutMs?: number
   /** Extra time allowed beyond `lockTimeoutMs` (a store that polls may overshoot by one poll). Default 1500 ms. */
   slackMs?: number
+  /** How long a change may take to reach a watch() listener (only for stores with watch()). Default 5 s. */
+  watchMs?: number
 }
 
 /** Keys that could escape a store or do not name one record: every method must refuse them (FACME_STORAGE_KEY). */
@@ -80,6 +82,7 @@ export function storageContract(
 ): void {
   const lockTimeoutMs = options.lockTimeoutMs ?? 300
   const slackMs = options.slackMs ?? 1_500
+  const watchMs = options.watchMs ?? 5_000
 
   /** One case with its own fixture, closed whatever happens. */
   const cases = (title: string, body: (s: Storage, peer: Storage) => Promise<void>) =>
@@ -283,4 +286,133 @@ export function storageContract(
       }
     })
   })
+
+  // Optional in the contract: a store without watch() skips these.
+  describe(`${name}: Storage.watch (optional)`, () => {
+    const watching = (title: string, body: (s: Storage, peer: Storage, changes: ChangeLog) => Promise<void>) =>
+      test(title, async (t) => {
+        const fixture = await make()
+        t.after(() => fixture.close?.())
+        if (fixture.storage.watch === undefined) {
+          t.skip('this storage has no watch()')
+          return
+        }
+        const log = new ChangeLog()
+        const subscription = fixture.storage.watch('d/', (change) => log.push(change))
+        t.after(() => subscription.close())
+        await log.settle(fixture.storage)
+        await body(fixture.storage, fixture.peer ?? fixture.storage, log)
+        // Only final keys are ever reported (no temp files, no lock files), and only keys under the prefix.
+        for (const key of log.keys()) assert.ok(log.written.has(key), `reported ${key}, which no one wrote`)
+      })
+
+    watching("a put by a peer is reported as 'changed' with its key", async (_s, peer, changes) => {
+      changes.written.add('d/certificates/a.example.json')
+      await peer.put('d/certificates/a.example.json', 'one')
+      await changes.next((c) => c.type === 'changed' && c.key === 'd/certificates/a.example.json', watchMs)
+      // A second put of the same key is a second change.
+      const seen = changes.count('d/certificates/a.example.json')
+      await peer.put('d/certificates/a.example.json', 'two')
+      await changes.next(
+        (c) => c.type === 'changed' && c.key === 'd/certificates/a.example.json',
+        watchMs,
+        (log) => log.count('d/certificates/a.example.json') > seen,
+      )
+    })
+
+    watching(
+      'a key in a folder-like prefix that did not exist yet is reported, then its delete',
+      async (s, peer, changes) => {
+        for (const key of ['d/new/deeper/x.example.json', 'd/new/deeper/y.example.json']) changes.written.add(key)
+        await peer.put('d/new/deeper/x.example.json', 'x')
+        await changes.next((c) => c.type === 'changed' && c.key === 'd/new/deeper/x.example.json', watchMs)
+        await peer.put('d/new/deeper/y.example.json', 'y')
+        await changes.next((c) => c.type === 'changed' && c.key === 'd/new/deeper/y.example.json', watchMs)
+        const seen = changes.count('d/new/deeper/x.example.json')
+        await peer.delete('d/new/deeper/x.example.json')
+        await changes.next(
+          (c) => c.type === 'changed' && c.key === 'd/new/deeper/x.example.json',
+          watchMs,
+          (log) => log.count('d/new/deeper/x.example.json') > seen,
+        )
+        assert.equal(await s.get('d/new/deeper/x.example.json'), undefined)
+      },
+    )
+
+    watching('a lock taken and released by a peer is no change of a key', async (_s, peer, changes) => {
+      const lease = await peer.lock('d/locks/n.example')
+      await lease.release()
+      // The put after the lock proves the notifications up to it were delivered (they arrive in order per key
+      // folder at least); the check after the case says nothing else was reported.
+      changes.written.add('d/locks-done.json')
+      await peer.put('d/locks-done.json', 'done')
+      await changes.next((c) => c.type === 'changed' && c.key === 'd/locks-done.json', watchMs)
+    })
+  })
+}
+
+/** What a watch listener received, and a way to wait for the change that proves an outcome. */
+class ChangeLog {
+  readonly changes: StorageChange[] = []
+  /** The keys the case wrote: the only keys that may be reported. */
+  readonly written = new Set<string>()
+  #waiters = new Set<() => void>()
+
+  push(change: StorageChange): void {
+    this.changes.push(change)
+    for (const wake of this.#waiters) wake()
+  }
+
+  keys(): string[] {
+    return this.changes.flatMap((c) => (c.type === 'changed' ? [c.key] : []))
+  }
+
+  count(key: string): number {
+    return this.keys().filter((k) => k === key).length
+  }
+
+  /**
+   * A watch may start asynchronously (a subscription round trip): write a marker key and wait for it, so the
+   * watch is known to be live before the case writes.
+   */
+  async settle(storage: Storage): Promise<void> {
+    const marker = `d/watch-ready-${randomBytes(4).toString('hex')}.json`
+    this.written.add(marker)
+    const deadline = Date.now() + 5_000
+    for (let attempt = 0; ; attempt++) {
+      await storage.put(marker, String(attempt))
+      try {
+        await this.next((c) => c.type === 'changed' && c.key === marker, 500)
+        return
+      } catch (err) {
+        if (Date.now() > deadline) throw err
+      }
+    }
+  }
+
+  /** Resolves on the first change matching `match` (and `also` on the whole log), rejects after `ms`. */
+  next(
+    match: (change: StorageChange) => boolean,
+    ms: number,
+    also: (log: ChangeLog) => boolean = () => true,
+  ): Promise<void> {
+    const done = () => this.changes.some(match) && also(this)
+    if (done()) return Promise.resolve()
+    return new Promise<void>((resolve, reject) => {
+      const wake = () => {
+        if (!done()) return
+        cleanup()
+        resolve()
+      }
+      const timer = setTimeout(() => {
+        cleanup()
+        reject(new Error(`no matching change within ${ms} ms; got ${JSON.stringify(this.changes)}`))
+      }, ms)
+      const cleanup = () => {
+        clearTimeout(timer)
+        this.#waiters.delete(wake)
+      }
+      this.#waiters.add(wake)
+    })
+  }
 }

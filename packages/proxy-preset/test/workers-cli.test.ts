@@ -1,0 +1,111 @@
+// `autotls run` with `workers: 2` in the file (certificate files, no ACME: see workers.test.ts for ACME): the
+// primary forks two workers, both answer requests (their pids in the access log), SIGTERM to the primary drains
+// both and it exits 0 with no worker left. A port in use fails the start with exit 1 instead of forking forever.
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { test } from 'node:test'
+import { freePort } from '@autotls/pebble-harness'
+import { CLI, certFiles, h1, startUpstream } from './helpers.js'
+
+const HOST = 'workers.cli.test'
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+function run(file: string) {
+  const installed = process.env['AUTOTLS_CLI_BIN']
+  const child = spawn(
+    installed ?? process.execPath,
+    installed ? ['run', '-c', file] : ['--import', 'tsx', '--conditions=source', CLI, 'run', '-c', file],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  const lines: Array<Record<string, unknown>> = []
+  const waiters = new Set<() => void>()
+  createInterface({ input: child.stdout! }).on('line', (text) => {
+    try {
+      lines.push(JSON.parse(text) as Record<string, unknown>)
+    } catch {
+      return
+    }
+    for (const wake of waiters) wake()
+  })
+  child.stderr!.resume()
+  const until = (done: () => boolean, ms = 30_000) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (!done()) return
+        clearTimeout(timer)
+        waiters.delete(check)
+        resolve()
+      }
+      const timer = setTimeout(() => {
+        waiters.delete(check)
+        reject(new Error(`not within ${ms} ms: ${JSON.stringify(lines.slice(-5))}`))
+      }, ms)
+      waiters.add(check)
+      check()
+    })
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const workerPids = () => lines.filter((l) => l['msg'] === 'worker serving').map((l) => l['workerPid'] as number)
+  return { child, lines, until, exit, workerPids }
+}
+
+test('autotls run with workers: 2 serves from both workers; SIGTERM drains them and exits 0', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'autotls-workers-cli-'))
+  const files = await certFiles([HOST])
+  const upstream = await startUpstream('app')
+  t.after(async () => {
+    await upstream.close()
+    await files.remove()
+    await rm(dir, { recursive: true, force: true })
+  })
+  const port = await freePort()
+  const file = join(dir, 'autotls.yaml')
+  await writeFile(
+    file,
+    `workers: 2
+https: { host: 127.0.0.1, port: ${port} }
+http: false
+accessLog: true
+certificates:
+  - { cert: ${files.cert}, key: ${files.key} }
+routes:
+  - { host: ${HOST}, upstream: ${upstream.url} }
+`,
+  )
+  const proxy = run(file)
+  t.after(() => {
+    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (alive(pid)) process.kill(pid, 'SIGKILL')
+  })
+  await proxy.until(() => proxy.workerPids().length === 2)
+  const answered = new Set<number>()
+  for (let i = 0; i < 10 && answered.size < 2; i++) {
+    const path = `/cli/${i}`
+    assert.equal((await h1({ port, host: HOST, path, ca: files.ca })).status, 200)
+    await proxy.until(() => proxy.lines.some((l) => l['type'] === 'access' && l['path'] === path))
+    answered.add(proxy.lines.find((l) => l['type'] === 'access' && l['path'] === path)!['pid'] as number)
+  }
+  assert.deepEqual([...answered].sort(), proxy.workerPids().sort(), 'both workers answered')
+  proxy.child.kill('SIGTERM')
+  assert.equal(await proxy.exit, 0)
+  for (const pid of proxy.workerPids()) assert.equal(alive(pid), false, `worker ${pid} is gone`)
+
+  // The port taken by another process: every worker would fail alike, so the start fails (exit 1).
+  const blocker = createServer().listen(port, '127.0.0.1')
+  t.after(() => blocker.close())
+  const failing = run(file)
+  t.after(() => failing.child.kill('SIGKILL'))
+  assert.equal(await failing.exit, 1)
+  assert.ok(failing.lines.some((l) => String(l['msg']).includes('exited before the proxy served')))
+})
