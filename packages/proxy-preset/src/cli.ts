@@ -7,6 +7,7 @@ import { type ConfigFile, describeConfigError, loadConfigFile } from './config-f
 import { type ProxyHandle, startProxy } from './index.js'
 import { DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, type ProxyOptions, resolveProxyOptions } from './options.js'
 import { formatPlan, inspectConfig, planJson } from './plan-report.js'
+import { type ConfiguredStorage, configuredStorage } from './storage-config.js'
 
 const VERSION = '0.1.0'
 
@@ -137,7 +138,16 @@ program
       })
       return
     }
-    const prepare = (options: ProxyOptions) => (cluster ? cluster.withSharedTickets(options) : options)
+    let store: ConfiguredStorage | undefined
+    try {
+      store = await configuredStorage(config.options)
+    } catch (err) {
+      fail(describeConfigError(err, config))
+    }
+    const prepare = (options: ProxyOptions) => {
+      const withStore = store ? store.apply(options) : options
+      return cluster ? cluster.withSharedTickets(withStore) : withStore
+    }
     let proxy: ProxyHandle
     try {
       proxy = await startProxy(prepare(config.options), {

@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { test } from 'node:test'
-import { freePort } from '@autotls/pebble-harness'
+import { countOrders, freePort, startPebble, startRedis } from '@autotls/pebble-harness'
+import { RedisStorage } from '@autotls/storage-redis'
 import { CLI, certFiles, h1, startUpstream } from './helpers.js'
 
 const HOST = 'workers.cli.test'
@@ -23,12 +24,12 @@ function alive(pid: number): boolean {
   }
 }
 
-function run(file: string) {
+function run(file: string, env: Record<string, string> = {}) {
   const installed = process.env['AUTOTLS_CLI_BIN']
   const child = spawn(
     installed ?? process.execPath,
     installed ? ['run', '-c', file] : ['--import', 'tsx', '--conditions=source', CLI, 'run', '-c', file],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
   )
   const lines: Array<Record<string, unknown>> = []
   const waiters = new Set<() => void>()
@@ -108,4 +109,61 @@ routes:
   t.after(() => failing.child.kill('SIGKILL'))
   assert.equal(await failing.exit, 1)
   assert.ok(failing.lines.some((l) => String(l['msg']).includes('exited before the proxy served')))
+})
+
+test('autotls run with workers: 2 on Redis storage (file: acme.storage.redis): one order, TLS-ALPN-01 answered by either worker, both serve it', async (t) => {
+  const [pebble, redis] = await Promise.all([startPebble(), startRedis()])
+  const dir = await mkdtemp(join(tmpdir(), 'autotls-workers-redis-'))
+  const upstream = await startUpstream('app')
+  t.after(async () => {
+    await upstream.close()
+    await Promise.all([pebble.stop(), redis.stop()])
+    await rm(dir, { recursive: true, force: true })
+  })
+  const name = 'redis.workers.cli.test'
+  const file = join(dir, 'autotls.yaml')
+  await writeFile(
+    file,
+    `workers: 2
+https: { host: 127.0.0.1, port: ${pebble.tlsPort} }
+http: false
+accessLog: true
+acme:
+  directory: ${pebble.directoryUrl}
+  termsOfServiceAgreed: true
+  caRoots: "\${PEBBLE_CA}"
+  challenges: [tls-alpn-01]
+  storage: { redis: { url: "${redis.url}", prefix: "cli:" } }
+routes:
+  - { host: ${name}, upstream: ${upstream.url} }
+`,
+  )
+  const ordersBefore = countOrders(pebble)
+  const proxy = run(file, { PEBBLE_CA: pebble.caBundle })
+  t.after(() => {
+    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (alive(pid)) process.kill(pid, 'SIGKILL')
+  })
+  await proxy.until(() => proxy.workerPids().length === 2)
+  const ca = await pebble.issuingRoot()
+  // Both workers order at start; one takes the Redis lock, the other adopts. Pebble's 3 validation connections are
+  // spread over both workers by the cluster's round robin: each answers the challenge from Redis.
+  await proxy.until(
+    () => proxy.lines.filter((l) => /certificate issued|adopted a certificate/.test(String(l['msg']))).length >= 2,
+    60_000,
+  )
+  assert.equal(countOrders(pebble) - ordersBefore, 1, 'one order for the name')
+  const answered = new Set<number>()
+  for (let i = 0; i < 10 && answered.size < 2; i++) {
+    const path = `/redis/${i}`
+    assert.equal((await h1({ port: pebble.tlsPort, host: name, path, ca })).status, 200)
+    await proxy.until(() => proxy.lines.some((l) => l['type'] === 'access' && l['path'] === path))
+    answered.add(proxy.lines.find((l) => l['type'] === 'access' && l['path'] === path)!['pid'] as number)
+  }
+  assert.deepEqual([...answered].sort(), proxy.workerPids().sort(), 'both workers served the certificate')
+  const store = new RedisStorage({ url: redis.url, prefix: 'cli:' })
+  const stored = (await store.list('')).filter((key) => key.includes('/certificates/'))
+  await store.close()
+  assert.equal(stored.length, 1, 'the certificate is in Redis')
+  proxy.child.kill('SIGTERM')
+  assert.equal(await proxy.exit, 0)
 })

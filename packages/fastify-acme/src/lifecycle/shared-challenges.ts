@@ -141,11 +141,19 @@ export class SharedChallenges {
     try {
       await this.#d.storage.put(key, JSON.stringify(record))
     } catch (err) {
-      // Unshared, a validation reaching another instance would fail, and a failed validation counts at the CA:
-      // the order stops here instead (paused, when the storage is unreachable).
       this.#echoes.delete(key)
-      this.#own.delete(key)
-      throw err
+      // A storage that cannot be reached (a shared store's outage): the order stops and pauses, rather than have a
+      // validation reaching another instance fail at the CA.
+      if ((err as { unreachable?: unknown }).unreachable === true) {
+        this.#own.delete(key)
+        throw err
+      }
+      // Any other failure (a full disk): this instance still answers; only validations reaching another one fail.
+      this.#d.log.warn(
+        { name: c.name, type: c.type, err },
+        'fastify-acme: could not share a challenge with the other instances; answering it here only',
+      )
+      return
     }
     // Our own notification coming back means the others have been told too; give them a moment to read it: as
     // long as the round trip took us, several times over on a busy machine, within bounds.
