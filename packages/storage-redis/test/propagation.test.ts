@@ -205,3 +205,37 @@ test('Redis down at start: the local copy serves what exists, orders pause; Redi
   await second.app.acme.issue(name)
   assert.notEqual(await servedSerial(pebble.tlsPort, name, root), serial)
 })
+
+test('session tickets shared through Redis: a session from one instance resumes on the other', async (t) => {
+  const prefix = `s${randomBytes(3).toString('hex')}:`
+  const name = 'tickets.cluster.test'
+  const a = await instance(t, prefix, [name], { sessionTickets: { shared: true } })
+  const b = await instance(t, prefix, [name], { sessionTickets: { shared: true } })
+  await a.app.listen({ port: pebble.tlsPort, host: '127.0.0.1' })
+  await b.app.listen({ port: 0, host: '127.0.0.1' })
+  const adopted = adoptedBy(b, name)
+  await a.app.acme.issue(name)
+  await adopted
+  const ca = await pebble.issuingRoot()
+  const portB = (b.app.server.address() as { port: number }).port
+  const handshake = (port: number, session?: Buffer) =>
+    new Promise<{ reused: boolean; session: Buffer | undefined }>((resolve, reject) => {
+      let ticket: Buffer | undefined
+      let reused = false
+      const socket = connect({ host: '127.0.0.1', port, servername: name, ca, ...(session ? { session } : {}) })
+      socket.on('session', (s: Buffer) => {
+        ticket = s
+        socket.end()
+      })
+      socket.on('secureConnect', () => {
+        reused = socket.isSessionReused()
+        if (reused) socket.end()
+      })
+      socket.on('error', reject)
+      socket.on('close', () => resolve({ reused, session: ticket }))
+    })
+  const first = await handshake(pebble.tlsPort)
+  assert.equal(first.reused, false)
+  assert.ok(first.session, 'a ticket from the first instance')
+  assert.equal((await handshake(portB, first.session)).reused, true, 'resumed on the other instance')
+})
