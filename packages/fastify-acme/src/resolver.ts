@@ -217,9 +217,18 @@ export class CertResolver {
     return this.#challenges.has(normalizeServerName(name))
   }
 
+  /** Names whose challenge another instance announced and that are being read from storage. */
+  readonly #expected = new Set<string>()
+
+  /** Another instance announced a challenge for `name`: peek from now on, until it is installed or found gone. */
+  expectChallenge(name: string, expected: boolean): void {
+    if (expected) this.#expected.add(normalizeServerName(name))
+    else this.#expected.delete(normalizeServerName(name))
+  }
+
   /** True while any TLS-ALPN-01 challenge is pending: only then do connections need the ClientHello peek. */
   get challengesPending(): boolean {
-    return this.#challenges.size > 0
+    return this.#challenges.size > 0 || this.#expected.size > 0
   }
 
   /** SNICallback for the challenge-only TLS server: challenge certificates and nothing else. */

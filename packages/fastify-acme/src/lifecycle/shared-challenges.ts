@@ -6,7 +6,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { ChallengeToPresent } from '../acme.js'
 import type { CertResolver } from '../resolver.js'
-import { keys, type Storage, type StorageChange, type StorageWatch } from '../storage/index.js'
+import { keys, type Storage, type StorageChange, type StorageWatch, segmentName } from '../storage/index.js'
 import type { ChallengeResponder } from './challenges.js'
 
 /** How long a presenting instance waits for its own notification to come back through the storage. */
@@ -15,7 +15,7 @@ const ECHO_TIMEOUT_MS = 2_000
  * After its own notification came back, the time given to the others to read and install the challenge before the
  * CA is told to validate (one storage read on their side).
  */
-const PEER_SETTLE_MS = 50
+const PEER_SETTLE_MS = 100
 const PEER_SETTLE_MAX_MS = 1_000
 /**
  * Another instance's challenge is taken down after this long even if its removal was never heard (that instance
@@ -181,6 +181,13 @@ export class SharedChallenges {
     void this.#read(change.key)
   }
 
+  /** The name a TLS-ALPN-01 challenge key stands for, or undefined for other keys. */
+  #tlsAlpnName(key: string): string | undefined {
+    const folder = `${keys.challenges(this.#d.dir)}tls-alpn-01/`
+    if (!key.startsWith(folder) || !key.endsWith('.json')) return undefined
+    return segmentName(key.slice(folder.length, -'.json'.length))
+  }
+
   /** A remote TLS-ALPN-01 challenge whose removal was not heard: gone unless storage still holds it. */
   async #expire(key: string): Promise<void> {
     const still = await this.#d.storage.get(key).catch(() => undefined)
@@ -191,8 +198,25 @@ export class SharedChallenges {
     await this.#read(key)
   }
 
+  /** Reads in flight, per key: a validator's hello waits for the read its notification started. */
+  readonly #reading = new Map<string, Promise<void>>()
+
   /** Installs (or removes) another instance's challenge as storage now holds it. */
-  async #read(key: string): Promise<void> {
+  #read(key: string): Promise<void> {
+    const running = this.#reading.get(key)
+    if (running) return running
+    const name = this.#tlsAlpnName(key)
+    // From the notification on, connections are peeked: a validator's hello for `name` waits for this read.
+    if (name !== undefined) this.#d.resolver.expectChallenge(name, true)
+    const read = this.#install(key).finally(() => {
+      this.#reading.delete(key)
+      if (name !== undefined) this.#d.resolver.expectChallenge(name, false)
+    })
+    this.#reading.set(key, read)
+    return read
+  }
+
+  async #install(key: string): Promise<void> {
     const { storage, resolver, log } = this.#d
     const record = parse(await storage.get(key).catch(() => undefined))
     if (this.#own.has(key)) return
