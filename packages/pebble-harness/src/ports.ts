@@ -1,12 +1,33 @@
 // Owns loopback port reservation: the harness never hard-codes ports so parallel test files cannot collide.
 import { createServer, type Server } from 'node:net'
 
-function listenEphemeral(): Promise<Server> {
+/**
+ * Ports are picked below Linux's ephemeral range (32768-60999 by default): the kernel hands those out to every
+ * `listen(0)` and every outgoing connection of the other test files running in parallel, so a port picked there and
+ * released until its server binds it could be taken meanwhile (EADDRINUSE). Below it, only another pick can collide.
+ */
+const PICK_MIN = 20_000
+const PICK_MAX = 32_767
+
+function listenOn(port: number): Promise<Server> {
   return new Promise((resolve, reject) => {
     const server = createServer()
     server.once('error', reject)
-    server.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => resolve(server))
+    server.listen({ host: '127.0.0.1', port, exclusive: true }, () => resolve(server))
   })
+}
+
+async function listenEphemeral(): Promise<Server> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = PICK_MIN + Math.floor(Math.random() * (PICK_MAX - PICK_MIN + 1))
+    try {
+      return await listenOn(port)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err
+    }
+  }
+  // A crowded range: let the kernel pick.
+  return listenOn(0)
 }
 
 function portOf(server: Server): number {
@@ -20,7 +41,7 @@ function close(server: Server): Promise<void> {
 }
 
 /**
- * Reserve a free TCP port on 127.0.0.1: listen on port 0, read the port the kernel picked, close.
+ * Reserve a free TCP port on 127.0.0.1: listen on a random port below the ephemeral range, close.
  *
  * The port is free when the promise resolves, but nothing holds it afterwards: bind it soon.
  */
