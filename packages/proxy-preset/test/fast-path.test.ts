@@ -117,6 +117,30 @@ function normal(answer: Answer): Answer {
   return { ...answer, headers, body }
 }
 
+/**
+ * A silent logger that counts child loggers: Fastify makes one per request it handles, the fast path none. That
+ * is how the test knows which way a request went.
+ */
+function countingLogger(counter: { children: number }): unknown {
+  const noop = () => {}
+  return {
+    level: 'info',
+    fatal: noop,
+    error: noop,
+    warn: noop,
+    info: noop,
+    debug: noop,
+    trace: noop,
+    silent: noop,
+    child: () => {
+      counter.children++
+      return countingLogger(counter)
+    },
+  }
+}
+
+const fastLog = { children: 0 }
+const oracleLog = { children: 0 }
 let fastUp: Upstream
 let slowUp: Upstream
 let certs: CertFiles
@@ -138,14 +162,17 @@ before(async () => {
     { host: HOST, path: '/down', upstream: refused },
   ]
   const base = {
-    logger: false,
     https: { host: '127.0.0.1', port: 0 },
     http: false as const,
     certificates: [{ cert: certs.cert, key: certs.key }],
     routes,
   }
-  fast = await createProxy(base as never)
-  oracle = await createProxy({ ...base, admin: { host: '127.0.0.1', port: 0 } } as never)
+  fast = await createProxy({ ...base, logger: countingLogger(fastLog) } as never)
+  oracle = await createProxy({
+    ...base,
+    logger: countingLogger(oracleLog),
+    admin: { host: '127.0.0.1', port: 0 },
+  } as never)
   ports.fast = (await fast.listen()).https.port
   ports.oracle = (await oracle.listen()).https.port
 })
@@ -187,6 +214,22 @@ const HEADER_SETS: Array<Record<string, string | string[]>> = [
   { 'x-forwarded-for': '6.6.6.6', forwarded: 'for=6.6.6.6', x_forwarded_for: '6.6.6.6', 'x-real-ip': '6.6.6.6' },
   { 'if-none-match': '"x"', 'proxy-authorization': 'Basic eA==' },
 ]
+
+test('a plain GET takes the fast path on one proxy and the Fastify path on the other', async () => {
+  for (const method of ['GET', 'HEAD']) {
+    const before = { fast: fastLog.children, oracle: oracleLog.children }
+    const a = await send(ports.fast, HOST, certs.ca, method, '/echo?x=1', {})
+    const b = await send(ports.oracle, HOST, certs.ca, method, '/echo?x=1', {})
+    assert.equal(a.status, 200)
+    assert.equal(b.status, 200)
+    assert.equal(fastLog.children, before.fast, `${method}: the fast proxy's routing app saw the request`)
+    assert.ok(oracleLog.children > before.oracle, `${method}: the oracle's routing app did not see the request`)
+  }
+  // A path the router must decode goes the Fastify way on both.
+  const before = fastLog.children
+  await send(ports.fast, HOST, certs.ca, 'GET', '/odd/%20space', {})
+  assert.ok(fastLog.children > before)
+})
 
 test('fast path and Fastify path give the same answers, at the client and at the upstream', async () => {
   let compared = 0
