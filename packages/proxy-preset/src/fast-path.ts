@@ -1,4 +1,4 @@
-// The fast path: a bodiless HTTP/1.1 GET or HEAD for a route with one upstream (no health check, no websocket)
+// The fast path: a bodiless GET or HEAD (HTTP/1.1 or HTTP/2) for a route with one upstream (no health check, no websocket)
 // goes from the listener straight to the route's undici Agent and back to the client's ServerResponse, without the
 // routing app (Fastify's request/reply objects, hooks, http-proxy, reply-from). It applies what that path applies
 // (routes.ts): the path checks, the same request headers (hop-by-hop removal, X-Forwarded-*, Host, header changes),
@@ -26,6 +26,8 @@ export interface FastPathDeps {
   trusted: TrustFunction
   draining: () => boolean
   allowSemicolonInPath: boolean
+  /** limits.headerBytes (HTTP/2 requests over it go to the routing app, which answers 431). */
+  headerBytes: number
   /** The Agent of each route that qualifies (one upstream, no health check, no websocket). */
   agents: ReadonlyMap<ResolvedRoute, Dispatcher>
 }
@@ -52,10 +54,21 @@ function errorBody(error: Error & { statusCode?: number; code?: string }): strin
  */
 export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: ServerResponse, site: Site) => boolean {
   const { log, trusted, draining, agents } = deps
+  const overLimit = (req: IncomingMessage): boolean => {
+    let size = 0
+    const raw = req.rawHeaders
+    for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
+    return size > deps.headerBytes
+  }
   return (req, res, site) => {
     const method = req.method
     if (method !== 'GET' && method !== 'HEAD') return false
-    if (req.httpVersionMajor !== 1 || draining()) return false
+    if (draining()) return false
+    const h2 = req.httpVersionMajor === 2
+    // HTTP/2: a request whose HEADERS did not end the stream may carry a body; the header list limit of a request
+    // sent with the connection preface is checked by the routing app (routes.ts registerHttp2HeaderLimit).
+    if (h2 && ((req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false || overLimit(req)))
+      return false
     const headers = req.headers
     if (
       headers['content-length'] !== undefined ||
@@ -93,13 +106,19 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
     upstreamHost: string,
   ): void {
     // The request headers as reply-from builds them, then the routing's own rewrite (routes.ts upstreamHeaders).
-    const source: Record<string, unknown> = { ...req.headers }
+    const h2 = req.httpVersionMajor === 2
+    let source: Record<string, unknown>
+    if (h2) {
+      source = {}
+      for (const name of Object.keys(req.headers)) if (name.charCodeAt(0) !== 58) source[name] = req.headers[name]
+    } else source = { ...req.headers }
     if (source['connection'] !== undefined) {
       for (const name of connectionTokens(source['connection'])) delete source[name]
       delete source['connection']
     }
     source['host'] = upstreamHost
-    const original = req.headers.host
+    const authority = h2 ? req.headers[':authority'] : undefined
+    const original = typeof authority === 'string' ? authority : req.headers.host
     const out = upstreamRequestHeaders(source, {
       peer: req.socket.remoteAddress,
       secure: true,
@@ -133,7 +152,8 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
           headers['location'] = publicLocation(location, route.path, route.rewritePrefix)
         if (route.responseHeaders.remove.length > 0 || route.responseHeaders.set.length > 0)
           applyChanges(headers, route.responseHeaders)
-        if (draining() || !req.complete) headers['connection'] = 'close'
+        if (h2) delete headers['host']
+        else if (draining() || !req.complete) headers['connection'] = 'close'
         const status = response.statusCode
         res.statusCode = status
         if ((status >= 100 && status < 200) || status === 204) {
@@ -167,12 +187,12 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
     )
   }
 
-  function failed(_req: IncomingMessage, res: ServerResponse, route: ResolvedRoute, error: Error): void {
+  function failed(req: IncomingMessage, res: ServerResponse, route: ResolvedRoute, error: Error): void {
     if (res.destroyed || res.headersSent) return
     const codes = errorCodes(error)
     const timedOut = codes.some((c) => /TIMEOUT/i.test(c) || c === 'ETIMEDOUT')
     log.error({ route: route.label, upstream: route.upstreams, codes, err: error }, 'upstream request failed')
-    if (draining()) res.setHeader('connection', 'close')
+    if (draining() && req.httpVersionMajor === 1) res.setHeader('connection', 'close')
     sendError(
       res,
       timedOut

@@ -135,6 +135,7 @@ export async function buildGeneration(
             trusted: deps.trusted,
             draining: deps.draining,
             allowSemicolonInPath: options.allowSemicolonInPath,
+            headerBytes: options.limits.headerBytes,
             agents,
           }),
     websocket: options.routes.some((r) => r.websocket),

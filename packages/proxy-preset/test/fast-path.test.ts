@@ -4,6 +4,7 @@
 // and the request the upstream saw (method, path, headers) the same.
 import assert from 'node:assert/strict'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { connect as h2connect } from 'node:http2'
 import { request as httpsRequest } from 'node:https'
 import { after, before, test } from 'node:test'
 import { createProxy, type ProxyHandle } from '../src/index.js'
@@ -100,6 +101,55 @@ function send(
   })
 }
 
+/** The same over HTTP/2 (one session per request). Header values with a list are sent as repeated fields. */
+function send2(
+  port: number,
+  host: string,
+  ca: string,
+  method: string,
+  path: string,
+  headers: Record<string, string | string[]>,
+): Promise<Answer> {
+  return new Promise((resolve) => {
+    const session = h2connect(`https://127.0.0.1:${port}`, { ca, servername: host })
+    const finish = (answer: Answer) => {
+      session.destroy()
+      resolve(answer)
+    }
+    session.on('error', (e) =>
+      finish({ status: 0, headers: {}, body: '', error: `session: ${(e as NodeJS.ErrnoException).code}` }),
+    )
+    // Connection-specific fields are not allowed in HTTP/2: only the end-to-end ones of a set are sent.
+    const sent: Record<string, string | string[]> = {}
+    for (const [name, value] of Object.entries(headers)) {
+      if (!['connection', 'keep-alive', 'te', 'transfer-encoding', 'upgrade', 'proxy-connection'].includes(name))
+        sent[name] = value
+    }
+    const stream = session.request(
+      { ':method': method, ':path': path, ':authority': host, ...sent },
+      { endStream: true },
+    )
+    let status = 0
+    let got: Record<string, unknown> = {}
+    const chunks: Buffer[] = []
+    stream.on('response', (h) => {
+      status = Number(h[':status'])
+      got = { ...h }
+      delete got[':status']
+    })
+    stream.on('data', (c: Buffer) => chunks.push(c))
+    stream.on('end', () => finish({ status, headers: got, body: Buffer.concat(chunks).toString('utf8') }))
+    stream.on('error', (e) =>
+      finish({
+        status,
+        headers: got,
+        body: Buffer.concat(chunks).toString('utf8'),
+        error: `stream: ${(e as NodeJS.ErrnoException).code}`,
+      }),
+    )
+  })
+}
+
 /** What may differ between two answers: the date, and for the upstream echo the per-connection peer fields. */
 function normal(answer: Answer): Answer {
   const headers = { ...answer.headers }
@@ -162,7 +212,7 @@ before(async () => {
     { host: HOST, path: '/down', upstream: refused },
   ]
   const base = {
-    https: { host: '127.0.0.1', port: 0 },
+    https: { host: '127.0.0.1', port: 0, http2: true },
     http: false as const,
     certificates: [{ cert: certs.cert, key: certs.key }],
     routes,
@@ -215,16 +265,25 @@ const HEADER_SETS: Array<Record<string, string | string[]>> = [
   { 'if-none-match': '"x"', 'proxy-authorization': 'Basic eA==' },
 ]
 
+const CLIENTS = [
+  ['HTTP/1.1', send],
+  ['HTTP/2', send2],
+] as const
+
 test('a plain GET takes the fast path on one proxy and the Fastify path on the other', async () => {
-  for (const method of ['GET', 'HEAD']) {
-    const before = { fast: fastLog.children, oracle: oracleLog.children }
-    const a = await send(ports.fast, HOST, certs.ca, method, '/echo?x=1', {})
-    const b = await send(ports.oracle, HOST, certs.ca, method, '/echo?x=1', {})
-    assert.equal(a.status, 200)
-    assert.equal(b.status, 200)
-    assert.equal(fastLog.children, before.fast, `${method}: the fast proxy's routing app saw the request`)
-    assert.ok(oracleLog.children > before.oracle, `${method}: the oracle's routing app did not see the request`)
-  }
+  for (const [protocol, client] of CLIENTS)
+    for (const method of ['GET', 'HEAD']) {
+      const before = { fast: fastLog.children, oracle: oracleLog.children }
+      const a = await client(ports.fast, HOST, certs.ca, method, '/echo?x=1', {})
+      const b = await client(ports.oracle, HOST, certs.ca, method, '/echo?x=1', {})
+      assert.equal(a.status, 200)
+      assert.equal(b.status, 200)
+      assert.equal(fastLog.children, before.fast, `${protocol} ${method}: the fast proxy's routing app saw the request`)
+      assert.ok(
+        oracleLog.children > before.oracle,
+        `${protocol} ${method}: the oracle's routing app did not see the request`,
+      )
+    }
   // A path the router must decode goes the Fastify way on both.
   const before = fastLog.children
   await send(ports.fast, HOST, certs.ca, 'GET', '/odd/%20space', {})
@@ -233,25 +292,26 @@ test('a plain GET takes the fast path on one proxy and the Fastify path on the o
 
 test('fast path and Fastify path give the same answers, at the client and at the upstream', async () => {
   let compared = 0
-  for (const method of ['GET', 'HEAD']) {
-    for (const path of PATHS) {
-      for (const headers of HEADER_SETS) {
-        const label = `${method} ${path} ${JSON.stringify(headers)}`
-        const seenBefore = fastUp.seen.length
-        const a = await send(ports.fast, HOST, certs.ca, method, path, headers)
-        const upA = fastUp.seen.slice(seenBefore)
-        const seenMid = fastUp.seen.length
-        const b = await send(ports.oracle, HOST, certs.ca, method, path, headers)
-        const upB = fastUp.seen.slice(seenMid)
-        assert.deepEqual(normal(a), normal(b), label)
-        assert.deepEqual(
-          upA.map((s) => ({ method: s.method, url: s.url, headers: s.headers })),
-          upB.map((s) => ({ method: s.method, url: s.url, headers: s.headers })),
-          `${label}: at the upstream`,
-        )
-        compared++
+  for (const [protocol, client] of CLIENTS)
+    for (const method of ['GET', 'HEAD']) {
+      for (const path of PATHS) {
+        for (const headers of HEADER_SETS) {
+          const label = `${protocol} ${method} ${path} ${JSON.stringify(headers)}`
+          const seenBefore = fastUp.seen.length
+          const a = await client(ports.fast, HOST, certs.ca, method, path, headers)
+          const upA = fastUp.seen.slice(seenBefore)
+          const seenMid = fastUp.seen.length
+          const b = await client(ports.oracle, HOST, certs.ca, method, path, headers)
+          const upB = fastUp.seen.slice(seenMid)
+          assert.deepEqual(normal(a), normal(b), label)
+          assert.deepEqual(
+            upA.map((s) => ({ method: s.method, url: s.url, headers: s.headers })),
+            upB.map((s) => ({ method: s.method, url: s.url, headers: s.headers })),
+            `${label}: at the upstream`,
+          )
+          compared++
+        }
       }
     }
-  }
-  assert.equal(compared, 2 * PATHS.length * HEADER_SETS.length)
+  assert.equal(compared, 2 * 2 * PATHS.length * HEADER_SETS.length)
 })
