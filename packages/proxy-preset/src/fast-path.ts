@@ -43,6 +43,12 @@ function routeFor(site: Site, path: string): ResolvedRoute | undefined {
   return best
 }
 
+/** The client is gone or answered (HTTP/2's compatibility response has no `destroyed`: its stream has). */
+function gone(res: ServerResponse): boolean {
+  const r = res as ServerResponse & { stream?: { destroyed?: boolean } }
+  return r.writableEnded || r.destroyed === true || r.stream?.destroyed === true
+}
+
 function errorBody(error: Error & { statusCode?: number; code?: string }): string {
   const statusCode = error.statusCode ?? 500
   return JSON.stringify({ statusCode, code: error.code, error: STATUS_CODES[statusCode], message: error.message })
@@ -140,7 +146,7 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
           return
         }
         const body = response.body
-        if (res.destroyed || res.writableEnded) {
+        if (gone(res)) {
           body.destroy()
           return
         }
@@ -188,7 +194,7 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
   }
 
   function failed(req: IncomingMessage, res: ServerResponse, route: ResolvedRoute, error: Error): void {
-    if (res.destroyed || res.headersSent) return
+    if (gone(res) || res.headersSent) return
     const codes = errorCodes(error)
     const timedOut = codes.some((c) => /TIMEOUT/i.test(c) || c === 'ETIMEDOUT')
     log.error({ route: route.label, upstream: route.upstreams, codes, err: error }, 'upstream request failed')

@@ -3,6 +3,7 @@
 // request in the routing app). Status, headers (but Date and Keep-Alive) and body must be the same at the client,
 // and the request the upstream saw (method, path, headers) the same.
 import assert from 'node:assert/strict'
+import { EventEmitter, once } from 'node:events'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { connect as h2connect } from 'node:http2'
 import { request as httpsRequest } from 'node:https'
@@ -10,6 +11,7 @@ import { after, before, test } from 'node:test'
 import { createProxy, type ProxyHandle } from '../src/index.js'
 import { type CertFiles, certFiles, startUpstream, type Upstream } from './helpers.js'
 
+const endlessClosed = new EventEmitter()
 const BIG = Buffer.alloc(300 * 1024, 'abcdefghij')
 
 function upstreamHandler(req: IncomingMessage, res: ServerResponse): void {
@@ -42,6 +44,13 @@ function upstreamHandler(req: IncomingMessage, res: ServerResponse): void {
     res.writeHead(200, { 'content-length': '100000' })
     res.write('partial')
     setTimeout(() => req.socket.destroy(), 20)
+  } else if (path.endsWith('/endless')) {
+    // Streams until the proxy lets go of the connection.
+    const timer = setInterval(() => res.write('x'.repeat(1024)), 5)
+    res.on('close', () => {
+      clearInterval(timer)
+      endlessClosed.emit('closed', res.writableFinished)
+    })
   } else if (path.endsWith('/slow')) {
     // Answers well after the route's responseMs (200 ms; undici's timers are coarse, up to about a second late).
     setTimeout(() => res.end('late'), 5000).unref()
@@ -314,4 +323,47 @@ test('fast path and Fastify path give the same answers, at the client and at the
       }
     }
   assert.equal(compared, 2 * 2 * PATHS.length * HEADER_SETS.length)
+})
+
+test('a client that leaves mid-body ends the upstream request (fast path)', { timeout: 30_000 }, async () => {
+  for (const protocol of ['HTTP/1.1', 'HTTP/2']) {
+    const before = fastLog.children
+    const closed = once(endlessClosed, 'closed')
+    await new Promise<void>((resolve, reject) => {
+      if (protocol === 'HTTP/2') {
+        const session = h2connect(`https://127.0.0.1:${ports.fast}`, { ca: certs.ca, servername: HOST })
+        session.on('error', () => {})
+        const stream = session.request({ ':path': '/endless', ':authority': HOST }, { endStream: true })
+        stream.on('error', () => {})
+        stream.once('data', () => {
+          session.destroy()
+          resolve()
+        })
+        return
+      }
+      const req = httpsRequest(
+        {
+          host: '127.0.0.1',
+          port: ports.fast,
+          path: '/endless',
+          servername: HOST,
+          headers: { host: HOST },
+          ca: certs.ca,
+          agent: false,
+        },
+        (res) => {
+          res.once('data', () => {
+            req.destroy()
+            resolve()
+          })
+        },
+      )
+      req.on('error', (e) => (req.destroyed ? undefined : reject(e)))
+      req.end()
+    })
+    // The upstream's response closes without having finished: the proxy dropped its upstream connection.
+    const [finished] = await closed
+    assert.equal(finished, false, protocol)
+    assert.equal(fastLog.children, before, `${protocol}: not on the fast path`)
+  }
 })
