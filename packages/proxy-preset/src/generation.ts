@@ -8,8 +8,9 @@ import type { IncomingMessage } from 'node:http'
 import type { FastifyBaseLogger, FastifyInstance, FastifyServerOptions } from 'fastify'
 import Fastify from 'fastify'
 import type { Dispatcher } from 'undici'
+import { createFastPath } from './fast-path.js'
 import type { HostTable } from './hosts.js'
-import type { ResolvedProxyOptions } from './options.js'
+import type { ResolvedProxyOptions, ResolvedRoute } from './options.js'
 import {
   buildSiteTable,
   createRewriteUrl,
@@ -43,6 +44,8 @@ export interface Generation {
   readonly app: FastifyInstance
   /** The routing app's request handler. */
   readonly handler: RequestHandler
+  /** The fast path (fast-path.ts): true when it took the request, false when it goes to `handler`. */
+  readonly fast: (req: IncomingMessage, res: import('node:http').ServerResponse, site: Site) => boolean
   /** True when some route proxies websockets (the listener forwards upgrades then). */
   readonly websocket: boolean
   /** Emits the listener's 'upgrade' events to the routing app. */
@@ -67,6 +70,8 @@ export interface GenerationDeps {
   /** The generation being replaced: upstreams that stay keep their health state. */
   previous?: Generation | undefined
   decorate?: (app: FastifyInstance, generation: { id: number; options: ResolvedProxyOptions }) => void
+  /** False when per-request hooks (metrics, access log) need every request in the routing app. */
+  fastPath?: boolean
 }
 
 export async function buildGeneration(
@@ -93,8 +98,9 @@ export async function buildGeneration(
   deps.decorate?.(app, { id, options })
   let dispatchers: Dispatcher[] = []
   let upstreamSets = new Map<string, UpstreamSet>()
+  let agents = new Map<ResolvedRoute, Dispatcher>()
   try {
-    ;({ dispatchers, upstreamSets } = registerRoutes(app, {
+    ;({ dispatchers, upstreamSets, agents } = registerRoutes(app, {
       sites,
       options,
       trusted: deps.trusted,
@@ -121,6 +127,17 @@ export async function buildGeneration(
     sites,
     app,
     handler: handler!,
+    fast:
+      deps.fastPath === false || options.accessLog
+        ? () => false
+        : createFastPath({
+            log: deps.log,
+            trusted: deps.trusted,
+            draining: deps.draining,
+            allowSemicolonInPath: options.allowSemicolonInPath,
+            headerBytes: options.limits.headerBytes,
+            agents,
+          }),
     websocket: options.routes.some((r) => r.websocket),
     upgrade: (req, socket, head) => {
       if (server.listenerCount('upgrade') > 0) server.emit('upgrade', req, socket, head)

@@ -141,8 +141,9 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
     main: Generation['handler'],
   ) => {
     const gen = current!
-    if (dispatchSite(req, gen.sites, initial.health) !== undefined) gen.handler(req, res)
-    else main(req, res)
+    const site = dispatchSite(req, gen.sites, initial.health)
+    if (site === undefined) main(req, res)
+    else if (!gen.fast(req, res as never, site)) gen.handler(req, res)
   }
   const app = buildHttpsApp(initial, resolver, front)
   const tracker = new ConnectionTracker()
@@ -162,6 +163,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       trusted: opts.trustedProxies,
       draining: () => draining,
       previous: current,
+      fastPath: metrics === undefined,
       decorate: (genApp, gen) => {
         metrics?.instrument(genApp)
         if (gen.options.accessLog) registerAccessLog(genApp, log)

@@ -167,7 +167,7 @@ export function pathProblem(rawPath: string, allowSemicolon: boolean): string | 
   return undefined
 }
 
-function applyChanges(headers: Record<string, unknown>, changes: ResolvedRoute['requestHeaders']): void {
+export function applyChanges(headers: Record<string, unknown>, changes: ResolvedRoute['requestHeaders']): void {
   for (const name of changes.remove) delete headers[name]
   for (const [name, value] of changes.set) headers[name] = value
 }
@@ -177,7 +177,7 @@ function applyChanges(headers: Record<string, unknown>, changes: ResolvedRoute['
  * is moved under the route's path; anything else (other paths, relative, absolute and `//` URLs) is left alone.
  * http-proxy's own rewrite would put its prefix, our internal `/_vhost/<id>/...`, in front.
  */
-function publicLocation(location: string, path: string, rewritePrefix: string): string {
+export function publicLocation(location: string, path: string, rewritePrefix: string): string {
   if (rewritePrefix === path || location[0] !== '/' || location[1] === '/') return location
   if (rewritePrefix !== '') {
     if (!location.startsWith(rewritePrefix)) return location
@@ -213,7 +213,7 @@ function closeAfter(reply: FastifyReply): void {
   if (reply.request.raw.httpVersionMajor === 1) reply.header('connection', 'close')
 }
 
-function errorCodes(error: unknown): string[] {
+export function errorCodes(error: unknown): string[] {
   const codes: string[] = []
   let current: unknown = error
   for (let depth = 0; current && depth < 5; depth++) {
@@ -224,7 +224,7 @@ function errorCodes(error: unknown): string[] {
   return codes
 }
 
-function describeFailure(codes: string[]): string {
+export function describeFailure(codes: string[]): string {
   if (codes.includes('ECONNREFUSED')) return 'connection refused'
   if (codes.some((c) => c === 'ECONNRESET' || c === 'UND_ERR_SOCKET' || c === 'EPIPE')) return 'connection reset'
   if (codes.some((c) => c === 'ENOTFOUND' || c === 'EAI_AGAIN')) return 'host name not resolved'
@@ -248,9 +248,15 @@ export interface RoutingDeps {
 export function registerRoutes(
   app: FastifyInstance,
   deps: RoutingDeps,
-): { dispatchers: Dispatcher[]; upstreamSets: Map<string, UpstreamSet> } {
+): {
+  dispatchers: Dispatcher[]
+  upstreamSets: Map<string, UpstreamSet>
+  /** The Agent of each route the fast path may take (one upstream, no health check, no websocket). */
+  agents: Map<ResolvedRoute, Dispatcher>
+} {
   const { sites, options } = deps
   const dispatchers: Dispatcher[] = []
+  const routeAgents = new Map<ResolvedRoute, Dispatcher>()
   const upstreamSets = new Map<string, UpstreamSet>()
   // Routes with identical timeouts share one connection pool per upstream origin.
   const agents = new Map<string, Agent>()
@@ -273,6 +279,7 @@ export function registerRoutes(
       agents.set(key, agent)
       dispatchers.push(agent)
     }
+    if (!route.websocket) routeAgents.set(route, agent)
     return agent
   }
   const anyWebsocket = options.routes.some((r) => r.websocket)
@@ -366,7 +373,7 @@ export function registerRoutes(
 
   registerHttp2HeaderLimit(app, options)
   registerNotFound(app)
-  return { dispatchers, upstreamSets }
+  return { dispatchers, upstreamSets, agents: routeAgents }
 }
 
 function connectTo(origin: string, timeoutMs: number): Promise<Socket> {

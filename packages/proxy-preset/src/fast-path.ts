@@ -1,0 +1,217 @@
+// The fast path: a bodiless GET or HEAD (HTTP/1.1 or HTTP/2) for a route with one upstream (no health check, no websocket)
+// goes from the listener straight to the route's undici Agent and back to the client's ServerResponse, without the
+// routing app (Fastify's request/reply objects, hooks, http-proxy, reply-from). It applies what that path applies
+// (routes.ts): the path checks, the same request headers (hop-by-hop removal, X-Forwarded-*, Host, header changes),
+// the same response headers (hop-by-hop removal, Location, header changes, Connection: close while draining), the
+// same 502/504 bodies, the same timeouts (the same Agent), and the client's abort ends the upstream request.
+//
+// A request takes it only when nothing needs the routing app: the access log and metrics are off (their figures
+// come from per-request Fastify hooks), the proxy is not draining, and the path holds none of the characters whose
+// handling belongs to the router (percent-encodings, ';', '\\', '#'); every other request goes the Fastify way.
+// test/fast-path.test.ts checks both ways give the same answer, at the upstream and at the client.
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Dispatcher } from 'undici'
+import { ERR_UPSTREAM_TIMEOUT, ERR_UPSTREAM_UNAVAILABLE } from './errors.js'
+import { type TrustFunction, upstreamRequestHeaders } from './forwarded.js'
+import { connectionTokens, endToEndCopy } from './headers.js'
+import type { ResolvedRoute } from './options.js'
+import { applyChanges, describeFailure, errorCodes, pathProblem, publicLocation, type Site } from './routes.js'
+
+/** Path characters the router treats specially (decoding, parameters, fragments): such requests go the Fastify way. */
+const ROUTER_CHARACTERS = /[%;\\#]/
+
+export interface FastPathDeps {
+  log: FastifyBaseLogger
+  trusted: TrustFunction
+  draining: () => boolean
+  allowSemicolonInPath: boolean
+  /** limits.headerBytes (HTTP/2 requests over it go to the routing app, which answers 431). */
+  headerBytes: number
+  /** The Agent of each route that qualifies (one upstream, no health check, no websocket). */
+  agents: ReadonlyMap<ResolvedRoute, Dispatcher>
+}
+
+/** The route of a site a path goes to: the longest prefix at a segment boundary, as the router picks it. */
+function routeFor(site: Site, path: string): ResolvedRoute | undefined {
+  let best: ResolvedRoute | undefined
+  for (const route of site.routes) {
+    const p = route.path
+    if (p !== '' && path !== p && !(path.startsWith(p) && path.charCodeAt(p.length) === 47)) continue
+    if (best === undefined || p.length > best.path.length) best = route
+  }
+  return best
+}
+
+/** The client is gone or answered (HTTP/2's compatibility response has no `destroyed`: its stream has). */
+function gone(res: ServerResponse): boolean {
+  const r = res as ServerResponse & { stream?: { destroyed?: boolean } }
+  return r.writableEnded || r.destroyed === true || r.stream?.destroyed === true
+}
+
+function errorBody(error: Error & { statusCode?: number; code?: string }): string {
+  const statusCode = error.statusCode ?? 500
+  return JSON.stringify({ statusCode, code: error.code, error: STATUS_CODES[statusCode], message: error.message })
+}
+
+/**
+ * Returns the fast path's handler: true when it took the request (it answers it), false when the request must go
+ * to the routing app.
+ */
+export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: ServerResponse, site: Site) => boolean {
+  const { log, trusted, draining, agents } = deps
+  const overLimit = (req: IncomingMessage): boolean => {
+    let size = 0
+    const raw = req.rawHeaders
+    for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
+    return size > deps.headerBytes
+  }
+  return (req, res, site) => {
+    const method = req.method
+    if (method !== 'GET' && method !== 'HEAD') return false
+    if (draining()) return false
+    const h2 = req.httpVersionMajor === 2
+    // HTTP/2: a request whose HEADERS did not end the stream may carry a body; the header list limit of a request
+    // sent with the connection preface is checked by the routing app (routes.ts registerHttp2HeaderLimit).
+    if (h2 && ((req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false || overLimit(req)))
+      return false
+    const headers = req.headers
+    if (
+      headers['content-length'] !== undefined ||
+      headers['transfer-encoding'] !== undefined ||
+      headers.upgrade !== undefined
+    )
+      return false
+    const url = req.url ?? '/'
+    const q = url.indexOf('?')
+    const path = q < 0 ? url : url.slice(0, q)
+    if (ROUTER_CHARACTERS.test(path) || pathProblem(path, deps.allowSemicolonInPath) !== undefined) return false
+    const route = routeFor(site, path)
+    const agent = route === undefined ? undefined : agents.get(route)
+    if (route === undefined || agent === undefined) return false
+    const upstream = route.upstreams[0]!
+    let target: URL
+    try {
+      const dest = route.rewritePrefix + path.slice(route.path.length)
+      // http-proxy refuses a destination starting with '//' (400); URL would read it as another host.
+      if (dest.startsWith('//')) return false
+      target = new URL(dest === '' ? '/' : dest, upstream)
+    } catch {
+      return false
+    }
+    forward(req, res, route, agent, target.pathname + (q < 0 ? '' : url.slice(q)), target.host)
+    return true
+  }
+
+  function forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: ResolvedRoute,
+    agent: Dispatcher,
+    upstreamPath: string,
+    upstreamHost: string,
+  ): void {
+    // The request headers as reply-from builds them, then the routing's own rewrite (routes.ts upstreamHeaders).
+    const h2 = req.httpVersionMajor === 2
+    let source: Record<string, unknown>
+    if (h2) {
+      source = {}
+      for (const name of Object.keys(req.headers)) if (name.charCodeAt(0) !== 58) source[name] = req.headers[name]
+    } else source = { ...req.headers }
+    if (source['connection'] !== undefined) {
+      for (const name of connectionTokens(source['connection'])) delete source[name]
+      delete source['connection']
+    }
+    source['host'] = upstreamHost
+    const authority = h2 ? req.headers[':authority'] : undefined
+    const original = typeof authority === 'string' ? authority : req.headers.host
+    const out = upstreamRequestHeaders(source, {
+      peer: req.socket.remoteAddress,
+      secure: true,
+      host: original,
+      trusted,
+    })
+    if (route.preserveHost && original !== undefined) out['host'] = original
+    if (route.requestHeaders.remove.length > 0 || route.requestHeaders.set.length > 0)
+      applyChanges(out, route.requestHeaders)
+    for (const name of connectionTokens(out['connection'])) delete out[name]
+    delete out['connection']
+    delete out['transfer-encoding']
+
+    agent.request(
+      { origin: route.upstreams[0]!, path: upstreamPath, method: req.method as 'GET', headers: out as never },
+      (error, response) => {
+        if (error) {
+          failed(req, res, route, error)
+          return
+        }
+        const body = response.body
+        if (gone(res)) {
+          body.destroy()
+          return
+        }
+        const upstreamHeaders = response.headers as Record<string, unknown>
+        delete upstreamHeaders['transfer-encoding']
+        const headers = endToEndCopy(upstreamHeaders)
+        const location = headers['location']
+        if (typeof location === 'string')
+          headers['location'] = publicLocation(location, route.path, route.rewritePrefix)
+        if (route.responseHeaders.remove.length > 0 || route.responseHeaders.set.length > 0)
+          applyChanges(headers, route.responseHeaders)
+        if (h2) delete headers['host']
+        else if (draining() || !req.complete) headers['connection'] = 'close'
+        const status = response.statusCode
+        res.statusCode = status
+        if ((status >= 100 && status < 200) || status === 204) {
+          delete headers['content-type']
+          delete headers['content-length']
+          for (const name of Object.keys(headers)) res.setHeader(name, headers[name] as string)
+          body.on('error', () => {})
+          body.resume()
+          res.end()
+          return
+        }
+        for (const name of Object.keys(headers)) res.setHeader(name, headers[name] as string)
+        // As Fastify streams a reply: the client leaving destroys the upstream body; an upstream failure after the
+        // headers went out ends the client connection.
+        res.once('close', () => {
+          if (!body.readableEnded) body.destroy()
+        })
+        body.once('error', (err) => {
+          if (res.headersSent) {
+            log.warn({ route: route.label, err }, 'upstream body failed')
+            res.destroy()
+            return
+          }
+          const e = err as Error & { statusCode?: number }
+          log.error({ route: route.label, err }, err.message)
+          for (const name of res.getHeaderNames()) res.removeHeader(name)
+          sendError(res, Object.assign(e, { statusCode: e.statusCode ?? 500 }))
+        })
+        body.pipe(res)
+      },
+    )
+  }
+
+  function failed(req: IncomingMessage, res: ServerResponse, route: ResolvedRoute, error: Error): void {
+    if (gone(res) || res.headersSent) return
+    const codes = errorCodes(error)
+    const timedOut = codes.some((c) => /TIMEOUT/i.test(c) || c === 'ETIMEDOUT')
+    log.error({ route: route.label, upstream: route.upstreams, codes, err: error }, 'upstream request failed')
+    if (draining() && req.httpVersionMajor === 1) res.setHeader('connection', 'close')
+    sendError(
+      res,
+      timedOut
+        ? new ERR_UPSTREAM_TIMEOUT(route.label)
+        : new ERR_UPSTREAM_UNAVAILABLE(route.label, describeFailure(codes)),
+    )
+  }
+
+  function sendError(res: ServerResponse, error: Error & { statusCode?: number }): void {
+    const body = errorBody(error)
+    res.statusCode = error.statusCode ?? 500
+    res.setHeader('content-type', 'application/json; charset=utf-8')
+    res.setHeader('content-length', Buffer.byteLength(body))
+    res.end(body)
+  }
+}
