@@ -12,11 +12,10 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Dispatcher } from 'undici'
-import { ERR_UPSTREAM_TIMEOUT, ERR_UPSTREAM_UNAVAILABLE } from './errors.js'
-import { type TrustFunction, upstreamRequestHeaders } from './forwarded.js'
-import { connectionTokens, endToEndCopy } from './headers.js'
+import type { TrustFunction } from './forwarded.js'
+import { connectionTokens } from './headers.js'
 import type { ResolvedRoute } from './options.js'
-import { applyChanges, describeFailure, errorCodes, pathProblem, publicLocation, type Site } from './routes.js'
+import { pathProblem, requestHeadersFor, responseHeadersFor, type Site, upstreamFailure } from './routes.js'
 
 /** Path characters the router treats specially (decoding, parameters, fragments): such requests go the Fastify way. */
 const ROUTER_CHARACTERS = /[%;\\#]/
@@ -125,15 +124,7 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
     source['host'] = upstreamHost
     const authority = h2 ? req.headers[':authority'] : undefined
     const original = typeof authority === 'string' ? authority : req.headers.host
-    const out = upstreamRequestHeaders(source, {
-      peer: req.socket.remoteAddress,
-      secure: true,
-      host: original,
-      trusted,
-    })
-    if (route.preserveHost && original !== undefined) out['host'] = original
-    if (route.requestHeaders.remove.length > 0 || route.requestHeaders.set.length > 0)
-      applyChanges(out, route.requestHeaders)
+    const out = requestHeadersFor(route, source, req.socket.remoteAddress, original, trusted)
     for (const name of connectionTokens(out['connection'])) delete out[name]
     delete out['connection']
     delete out['transfer-encoding']
@@ -152,12 +143,7 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
         }
         const upstreamHeaders = response.headers as Record<string, unknown>
         delete upstreamHeaders['transfer-encoding']
-        const headers = endToEndCopy(upstreamHeaders)
-        const location = headers['location']
-        if (typeof location === 'string')
-          headers['location'] = publicLocation(location, route.path, route.rewritePrefix)
-        if (route.responseHeaders.remove.length > 0 || route.responseHeaders.set.length > 0)
-          applyChanges(headers, route.responseHeaders)
+        const headers = responseHeadersFor(route, upstreamHeaders)
         if (h2) delete headers['host']
         else if (draining() || !req.complete) headers['connection'] = 'close'
         const status = response.statusCode
@@ -195,16 +181,10 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
 
   function failed(req: IncomingMessage, res: ServerResponse, route: ResolvedRoute, error: Error): void {
     if (gone(res) || res.headersSent) return
-    const codes = errorCodes(error)
-    const timedOut = codes.some((c) => /TIMEOUT/i.test(c) || c === 'ETIMEDOUT')
+    const { codes, answer } = upstreamFailure(route, error)
     log.error({ route: route.label, upstream: route.upstreams, codes, err: error }, 'upstream request failed')
     if (draining() && req.httpVersionMajor === 1) res.setHeader('connection', 'close')
-    sendError(
-      res,
-      timedOut
-        ? new ERR_UPSTREAM_TIMEOUT(route.label)
-        : new ERR_UPSTREAM_UNAVAILABLE(route.label, describeFailure(codes)),
-    )
+    sendError(res, answer)
   }
 
   function sendError(res: ServerResponse, error: Error & { statusCode?: number }): void {

@@ -167,7 +167,7 @@ export function pathProblem(rawPath: string, allowSemicolon: boolean): string | 
   return undefined
 }
 
-export function applyChanges(headers: Record<string, unknown>, changes: ResolvedRoute['requestHeaders']): void {
+function applyChanges(headers: Record<string, unknown>, changes: ResolvedRoute['requestHeaders']): void {
   for (const name of changes.remove) delete headers[name]
   for (const [name, value] of changes.set) headers[name] = value
 }
@@ -177,7 +177,7 @@ export function applyChanges(headers: Record<string, unknown>, changes: Resolved
  * is moved under the route's path; anything else (other paths, relative, absolute and `//` URLs) is left alone.
  * http-proxy's own rewrite would put its prefix, our internal `/_vhost/<id>/...`, in front.
  */
-export function publicLocation(location: string, path: string, rewritePrefix: string): string {
+function publicLocation(location: string, path: string, rewritePrefix: string): string {
   if (rewritePrefix === path || location[0] !== '/' || location[1] === '/') return location
   if (rewritePrefix !== '') {
     if (!location.startsWith(rewritePrefix)) return location
@@ -213,7 +213,7 @@ function closeAfter(reply: FastifyReply): void {
   if (reply.request.raw.httpVersionMajor === 1) reply.header('connection', 'close')
 }
 
-export function errorCodes(error: unknown): string[] {
+function errorCodes(error: unknown): string[] {
   const codes: string[] = []
   let current: unknown = error
   for (let depth = 0; current && depth < 5; depth++) {
@@ -224,7 +224,7 @@ export function errorCodes(error: unknown): string[] {
   return codes
 }
 
-export function describeFailure(codes: string[]): string {
+function describeFailure(codes: string[]): string {
   if (codes.includes('ECONNREFUSED')) return 'connection refused'
   if (codes.some((c) => c === 'ECONNRESET' || c === 'UND_ERR_SOCKET' || c === 'EPIPE')) return 'connection reset'
   if (codes.some((c) => c === 'ENOTFOUND' || c === 'EAI_AGAIN')) return 'host name not resolved'
@@ -245,6 +245,49 @@ export interface RoutingDeps {
  * Registers every route (and the not-found handler) on the HTTPS app. Returns the dispatchers to close and, per
  * route label, the upstream sets of routes with several upstreams or a health check.
  */
+function changes(c: ResolvedRoute['requestHeaders']): boolean {
+  return c.remove.length > 0 || c.set.length > 0
+}
+
+/**
+ * The headers sent upstream for a request to `route`, from the client's end-to-end headers: X-Forwarded-* and
+ * Forwarded (forwarded.ts), the client's Host kept with `preserveHost`, then the route's header changes.
+ */
+export function requestHeadersFor(
+  route: ResolvedRoute,
+  headers: Record<string, unknown>,
+  peer: string | undefined,
+  host: string | undefined,
+  trusted: TrustFunction,
+): Record<string, unknown> {
+  const out = upstreamRequestHeaders(headers, { peer, secure: true, host, trusted })
+  if (route.preserveHost && host !== undefined) out['host'] = host
+  if (changes(route.requestHeaders)) applyChanges(out, route.requestHeaders)
+  return out
+}
+
+/** The headers a client gets for an upstream response of `route` (Connection: close is the caller's). */
+export function responseHeadersFor(route: ResolvedRoute, upstream: Record<string, unknown>): Record<string, unknown> {
+  const headers = endToEndCopy(upstream)
+  const location = headers['location']
+  if (typeof location === 'string') headers['location'] = publicLocation(location, route.path, route.rewritePrefix)
+  if (changes(route.responseHeaders)) applyChanges(headers, route.responseHeaders)
+  return headers
+}
+
+/** What a client gets when the upstream request failed: 504 for a timeout, else 502; and the codes seen. */
+export function upstreamFailure(route: ResolvedRoute, error: Error): { codes: string[]; answer: Error } {
+  const codes = errorCodes(error)
+  const timedOut =
+    (error as { statusCode?: number }).statusCode === 504 || codes.some((c) => /TIMEOUT/i.test(c) || c === 'ETIMEDOUT')
+  return {
+    codes,
+    answer: timedOut
+      ? new ERR_UPSTREAM_TIMEOUT(route.label)
+      : new ERR_UPSTREAM_UNAVAILABLE(route.label, describeFailure(codes)),
+  }
+}
+
 export function registerRoutes(
   app: FastifyInstance,
   deps: RoutingDeps,
@@ -488,15 +531,8 @@ function registerRoute(
     const value = request.headers[':authority'] ?? request.headers.host
     return typeof value === 'string' ? value : undefined
   }
-  const changesRequest = route.requestHeaders.remove.length > 0 || route.requestHeaders.set.length > 0
-  const changesResponse = route.responseHeaders.remove.length > 0 || route.responseHeaders.set.length > 0
-  const upstreamHeaders = (request: FastifyRequest, headers: Record<string, unknown>): Record<string, unknown> => {
-    const host = originalHost(request)
-    const out = upstreamRequestHeaders(headers, { peer: request.socket.remoteAddress, secure: true, host, trusted })
-    if (route.preserveHost && host !== undefined) out['host'] = host
-    if (changesRequest) applyChanges(out, route.requestHeaders)
-    return out
-  }
+  const upstreamHeaders = (request: FastifyRequest, headers: Record<string, unknown>): Record<string, unknown> =>
+    requestHeadersFor(route, headers, request.socket.remoteAddress, originalHost(request), trusted)
 
   const onError = (reply: FastifyReply, { error }: { error: Error }): void => {
     const raw = reply.request.raw as RawRequest
@@ -505,17 +541,10 @@ function registerRoute(
       reply.send(new ERR_BODY_TOO_LARGE(options.limits.bodyBytes))
       return
     }
-    const codes = errorCodes(error)
-    const timedOut =
-      (error as { statusCode?: number }).statusCode === 504 ||
-      codes.some((c) => /TIMEOUT/i.test(c) || c === 'ETIMEDOUT')
+    const { codes, answer } = upstreamFailure(route, error)
     reply.log.error({ route: route.label, upstream: route.upstreams, codes, err: error }, 'upstream request failed')
     if (draining()) closeAfter(reply)
-    reply.send(
-      timedOut
-        ? new ERR_UPSTREAM_TIMEOUT(route.label)
-        : new ERR_UPSTREAM_UNAVAILABLE(route.label, describeFailure(codes)),
-    )
+    reply.send(answer)
   }
 
   siteApp.register(httpProxy, {
@@ -568,11 +597,7 @@ function registerRoute(
       rewriteRequestHeaders: (request: FastifyRequest, headers: Record<string, unknown>) =>
         upstreamHeaders(request, headers) as never,
       rewriteHeaders: (upstream: Record<string, unknown>, request: FastifyRequest) => {
-        const headers = endToEndCopy(upstream)
-        const location = headers['location']
-        if (typeof location === 'string')
-          headers['location'] = publicLocation(location, route.path, route.rewritePrefix)
-        if (changesResponse) applyChanges(headers, route.responseHeaders)
+        const headers = responseHeadersFor(route, upstream)
         // Draining: an HTTP/1.1 connection ends after its current response (HTTP/2 sessions get GOAWAY; requests that
         // arrive during the close get Fastify's 503 with Connection: close). A flag read, no per-request hook.
         if (draining() && request.raw.httpVersionMajor === 1) headers['connection'] = 'close'
