@@ -64,8 +64,6 @@ export class SharedChallenges {
   readonly #echoes = new Map<string, () => void>()
   /** Keys of this instance's own pending challenges (their notifications install nothing here). */
   readonly #own = new Set<string>()
-  /** Challenges installed from other instances (for tests and status). */
-  installed = 0
 
   constructor(deps: SharedChallengesDeps) {
     this.#d = deps
@@ -208,7 +206,7 @@ export class SharedChallenges {
     const name = this.#tlsAlpnName(key)
     // From the notification on, connections are peeked: a validator's hello for `name` waits for this read.
     if (name !== undefined) this.#d.resolver.expectChallenge(name, true)
-    const read = this.#install(key).finally(() => {
+    const read = this.#install(key, name).finally(() => {
       this.#reading.delete(key)
       if (name !== undefined) this.#d.resolver.expectChallenge(name, false)
     })
@@ -216,11 +214,12 @@ export class SharedChallenges {
     return read
   }
 
-  async #install(key: string): Promise<void> {
+  /** `name`: the name of a TLS-ALPN-01 challenge key (#tlsAlpnName), undefined for an HTTP-01 one. */
+  async #install(key: string, name: string | undefined): Promise<void> {
     const { storage, resolver, log } = this.#d
     const record = parse(await storage.get(key).catch(() => undefined))
     if (this.#own.has(key)) return
-    if (key.startsWith(`${keys.challenges(this.#d.dir)}tls-alpn-01/`)) {
+    if (name !== undefined) {
       if (record?.type === 'tls-alpn-01' && record.tlsAlpn) {
         try {
           resolver.setChallenge(record.name, record.tlsAlpn)
@@ -229,35 +228,24 @@ export class SharedChallenges {
           return
         }
         this.#remoteNames.add(record.name)
-        this.installed++
         setTimeout(() => this.#expire(key), REMOTE_TTL_MS).unref()
         log.info(
           { name: record.name, by: record.by },
           "fastify-acme: answering another instance's TLS-ALPN-01 challenge",
         )
-        return
-      }
-      if (!record) {
-        // Removed by the instance that presented it: take ours down, unless this instance presents one itself.
-        for (const name of this.#remoteNames) {
-          if (keys.tlsAlpnChallenge(this.#d.dir, name) === key) {
-            this.#remoteNames.delete(name)
-            resolver.deleteChallenge(name)
-          }
-        }
+      } else if (!record && this.#remoteNames.delete(name)) {
+        // Removed by the instance that presented it: take ours down (never a challenge this instance presents).
+        resolver.deleteChallenge(name)
       }
       return
     }
     if (record?.type === 'http-01') {
       this.#remoteTokens.set(record.token, record.keyAuthorization)
-      this.installed++
       setTimeout(() => this.#remoteTokens.delete(record.token), REMOTE_TTL_MS).unref()
-      return
-    }
-    if (!record) {
-      for (const [token] of this.#remoteTokens) {
-        if (keys.http01Challenge(this.#d.dir, token) === key) this.#remoteTokens.delete(token)
-      }
+    } else if (!record) {
+      // `<dir>/challenges/http-01/t<token>.json` (keys.http01Challenge)
+      const file = key.slice(key.lastIndexOf('/') + 1)
+      this.#remoteTokens.delete(file.slice(1, -'.json'.length))
     }
   }
 }
