@@ -7,9 +7,10 @@
 //
 // Peers: the ids of lib/peers.ts, or `<id>+<flag>[+<flag>...]` for a Node peer with extra V8/Node flags (e.g.
 // `preset+--max-semi-space-size=2`), or `preset@<path to a dist/index.js>` for another build of proxy-preset
-// (e.g. the code before a change), or `preset:<arg>[:<arg>...]` for arguments of servers/proxy-preset.js (e.g.
-// `preset:--logger=false`). Tests: ka-small, ka-16k, ka-1m (wrk -c64), h2 (h2load -c8 -m16), hs (new
-// connections, one request each). Figures, not tests: nothing is asserted.
+// (e.g. the code before a change), or `<id>:<arg>[:<arg>...]` for arguments of the peer's script (e.g.
+// `preset:--logger=false`, `floor:--sni=true`). Tests: ka-small, ka-16k, ka-1m (wrk -c64), h2 (h2load -c8 -m16), hs (new
+// connections, one request each). `--key=rsa` gives every peer an RSA 2048 certificate instead of ECDSA P-256.
+// Figures, not tests: nothing is asserted.
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -27,6 +28,7 @@ const { values: flags } = parseArgs({
     rounds: { type: 'string', default: '5' },
     duration: { type: 'string', default: '3' },
     warmup: { type: 'string', default: '8' },
+    key: { type: 'string', default: 'ecdsa' },
   },
 })
 type Test = 'ka-small' | 'ka-16k' | 'ka-1m' | 'h2' | 'hs'
@@ -37,15 +39,15 @@ const D = Number(flags.duration)
 function peerFor(spec: string): Peer {
   const at = spec.indexOf('@')
   if (at > 0) return nodePeer(spec, 'proxy-preset.js', [`--impl=${spec.slice(at + 1)}`])
-  if (spec.startsWith('preset:')) return nodePeer(spec, 'proxy-preset.js', spec.split(':').slice(1))
-  const [id, ...nodeFlags] = spec.split('+')
-  if (nodeFlags.length === 0) {
+  const [head, ...args] = spec.split(':')
+  const [id, ...nodeFlags] = head!.split('+')
+  if (nodeFlags.length === 0 && args.length === 0) {
     const peer = PEERS[id!]
     if (!peer) throw new Error(`unknown peer ${id}`)
     return peer
   }
   const script = { fastify: 'fastify-plain.js', floor: 'node-floor.js' }[id!] ?? 'proxy-preset.js'
-  return nodePeer(spec, script, [], nodeFlags)
+  return nodePeer(spec, script, args, nodeFlags)
 }
 
 function run(test: Test, r: Running): Promise<LoadResult> {
@@ -59,14 +61,14 @@ function run(test: Test, r: Running): Promise<LoadResult> {
 pinSelf(LOAD_CORE)
 const work = await mkdtemp(join(tmpdir(), 'autotls-ab-'))
 const specs = flags.peers.split(',')
-const ecdsa = await makeCertFiles(work, 'ecdsa')
+const certFiles = await makeCertFiles(work, flags.key === 'rsa' ? 'rsa' : 'ecdsa')
 const upstream = await startUpstream(join(work, 'upstream'))
 const running: Running[] = []
 const results = new Map<string, LoadResult[]>()
 console.log(`load average at start ${loadAverage()}`)
 try {
   for (const [i, spec] of specs.entries()) {
-    const r = await peerFor(spec).start({ dir: join(work, `p${i}`), upstreamPort: upstream.port, cert: ecdsa })
+    const r = await peerFor(spec).start({ dir: join(work, `p${i}`), upstreamPort: upstream.port, cert: certFiles })
     running.push(r)
     await wrk(r.pid, { url: `https://localhost:${r.port}/small`, seconds: Number(flags.warmup), connections: 64 })
     await h2load(r.pid, { url: `https://localhost:${r.port}/small`, seconds: 2, connections: 8, streams: 16 })

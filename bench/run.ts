@@ -210,6 +210,9 @@ async function proxyRounds(ecdsa: CertFiles, rsa: CertFiles, upstreamPort: numbe
         record(peer.name, 'h2', h2)
         push(h2Rss, peer.name, h2.peakRss)
         record(peer.name, 'hs-ecdsa', await newConnections(a.pid, { url: url(a), seconds: D, batch: HS_BATCH }))
+        // The RSA process has been idle since the last round: re-warm it too (without this, the Node peers measured
+        // 1.1-1.3x their warm cost here, while side by side in bench/ab.ts preset and plain Fastify were at 0.98x).
+        await newConnections(b.pid, { url: url(b), seconds: REWARM, batch: HS_BATCH })
         record(peer.name, 'hs-rsa', await newConnections(b.pid, { url: url(b), seconds: SHORT, batch: HS_BATCH }))
         // The ECDSA process has been idle for the RSA run (SHORT s); 2 s more, then its RSS after load.
         await new Promise((r) => setTimeout(r, 2000))

@@ -8,6 +8,7 @@
 //   node bench/servers/node-floor.js --port=8443 --upstream=http://127.0.0.1:8080 --cert=C --key=K
 import { readFileSync } from 'node:fs'
 import { createSecureServer } from 'node:http2'
+import { createSecureContext } from 'node:tls'
 import { parseArgs } from 'node:util'
 import { Agent } from 'undici'
 
@@ -17,6 +18,9 @@ const { values } = parseArgs({
     upstream: { type: 'string' },
     cert: { type: 'string' },
     key: { type: 'string' },
+    // --sni=true: the certificate comes from an SNICallback returning one prebuilt context, as in proxy-preset
+    // (what selecting a certificate per connection costs in Node's TLS server).
+    sni: { type: 'string' },
   },
 })
 const origin = new URL(String(values.upstream)).origin
@@ -39,8 +43,12 @@ function handle(req, res) {
   )
 }
 
+const pair = { key: readFileSync(String(values.key)), cert: readFileSync(String(values.cert)) }
+const context = createSecureContext(pair)
 const server = createSecureServer(
-  { allowHTTP1: true, key: readFileSync(String(values.key)), cert: readFileSync(String(values.cert)) },
+  values.sni === 'true'
+    ? { allowHTTP1: true, SNICallback: (_name, cb) => cb(null, context) }
+    : { allowHTTP1: true, ...pair },
   handle,
 )
 server.on('secureConnection', (socket) => {
