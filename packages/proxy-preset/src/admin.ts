@@ -4,7 +4,7 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import type { CertResolver, FastifyAcme } from '@autotls/fastify-acme'
-import Fastify, { type FastifyBaseLogger } from 'fastify'
+import Fastify, { type FastifyBaseLogger, LogController } from 'fastify'
 import type { ManualCertificates } from './manual-certs.js'
 import type { ProxyMetrics } from './metrics.js'
 import type { ResolvedProxyOptions } from './options.js'
@@ -130,7 +130,8 @@ function tokenMatches(header: string | undefined, token: string): boolean {
 }
 
 export async function startAdmin(deps: AdminDeps): Promise<AdminServer> {
-  const app = Fastify({ loggerInstance: deps.log, disableRequestLogging: true })
+  // No per-request lines (scrapes would fill the log); Fastify 5.8+ takes this through a LogController.
+  const app = Fastify({ loggerInstance: deps.log, logController: new LogController({ disableRequestLogging: true }) })
   const { token } = deps.options
   if (token !== undefined) {
     app.addHook('onRequest', (request, reply, done) => {

@@ -44,6 +44,15 @@ function upstreamHandler(req: IncomingMessage, res: ServerResponse): void {
     res.writeHead(200, { 'content-length': '100000' })
     res.write('partial')
     setTimeout(() => req.socket.destroy(), 20)
+  } else if (path.endsWith('/head-reset')) {
+    // The status line and headers arrive, then the connection ends before the first body byte.
+    res.writeHead(200, { 'content-length': '100', 'x-a': '1' })
+    res.flushHeaders()
+    setTimeout(() => req.socket.destroy(), 20)
+  } else if (path.endsWith('/early-hints')) {
+    // A 103 before the final response: only the final one reaches the client, whichever way the request went.
+    res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' })
+    setImmediate(() => res.end('after hints'))
   } else if (path.endsWith('/endless')) {
     // Streams until the proxy lets go of the connection.
     const timer = setInterval(() => res.write('x'.repeat(1024)), 5)
@@ -263,6 +272,8 @@ const PATHS = [
   '/hop',
   '/reset',
   '/mid-reset',
+  '/head-reset',
+  '/early-hints',
   '/slow',
   '/down/x',
 ]
