@@ -3,7 +3,7 @@
 // when on, so a proxy without it runs no per-request hook at all.
 import { PassThrough } from 'node:stream'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
-import type { ResolvedRoute } from './options.js'
+import type { ResolvedRoute } from './route-options.js'
 
 const kBytes = Symbol('proxy-preset.access-bytes')
 

@@ -10,7 +10,8 @@ import Fastify from 'fastify'
 import type { Dispatcher } from 'undici'
 import { createFastPath } from './fast-path.js'
 import type { HostTable } from './hosts.js'
-import type { ResolvedProxyOptions, ResolvedRoute } from './options.js'
+import type { ResolvedProxyOptions } from './options.js'
+import type { ResolvedRoute } from './route-options.js'
 import {
   buildSiteTable,
   createRewriteUrl,

@@ -1,6 +1,7 @@
 // Entry point: createProxy() builds the edge proxy from options (HTTPS app with routes, certificates from ACME and/or
 // files, the port-80 app, health, admin, graceful close) without listening; startProxy() also listens and handles
-// signals. proxy.reload() applies a new configuration while running (routes, upstreams, certificate files).
+// signals. proxy.reload() applies a new configuration while running (routes, upstreams, certificate files; the
+// applying is live-reload.ts).
 import { watch as watchFs } from 'node:fs'
 import { ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -14,11 +15,12 @@ import { type CertificatePlan, planCertificates } from './certificates.js'
 import { atOption, ERR_LISTEN_FAILED } from './errors.js'
 import { buildGeneration, type Generation } from './generation.js'
 import { registerHealth } from './health.js'
+import { createReloader, type LiveState } from './live-reload.js'
 import { ManualCertificates } from './manual-certs.js'
 import { ProxyMetrics } from './metrics.js'
 import { type ProxyOptions, type ResolvedListen, type ResolvedProxyOptions, resolveProxyOptions } from './options.js'
 import { buildRedirectApp } from './redirect.js'
-import { type ReloadResult, reloadable, restartOnlyChanges } from './reload.js'
+import type { ReloadResult } from './reload.js'
 import { dispatchSite, registerHttp2HeaderLimit, registerNotFound } from './routes.js'
 import { baseTlsOptions, buildHttpsApp } from './server.js'
 import { ConnectionTracker, gracefulClose, onSignals } from './shutdown.js'
@@ -40,8 +42,6 @@ export interface ProxyRuntime {
   watchFile?: string
 }
 
-/** How long a replaced generation keeps its upstream pools open for requests that entered it just before a swap. */
-const RETIRE_AFTER_MS = 2_000
 const WATCH_DEBOUNCE_MS = 200
 
 async function listenOn(app: FastifyInstance, where: ResolvedListen, listener: string): Promise<void> {
@@ -128,10 +128,16 @@ export interface ProxyHandle {
 
 /** Builds the proxy without listening. Throws FPROXY_* (or FACME_*) errors for unusable options or certificates. */
 export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime = {}): Promise<ProxyHandle> {
-  let active = resolveProxyOptions(options)
-  const initial = active
+  const initial = resolveProxyOptions(options)
   const resolver = new CertResolver()
-  let current: Generation | undefined
+  // What a reload replaces (live-reload.ts); everything below reads it from here. The plan is made once the
+  // certificate files are loaded.
+  const live: LiveState = {
+    active: initial,
+    current: undefined,
+    certificates: undefined,
+    plan: { acmeNames: [], manualHosts: [] },
+  }
   const retiring = new Map<Generation, Promise<void>>()
   // The host dispatch of every request: configured hosts go to the current routing generation, the rest (health,
   // routes added to `app`, unknown hosts) to the listener's own app.
@@ -140,7 +146,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
     res: Parameters<Generation['handler']>[1],
     main: Generation['handler'],
   ) => {
-    const gen = current!
+    const gen = live.current!
     const site = dispatchSite(req, gen.sites, initial.health)
     if (site === undefined) main(req, res)
     else if (!gen.fast(req, res as never, site)) gen.handler(req, res)
@@ -149,7 +155,6 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
   const tracker = new ConnectionTracker()
   tracker.track(app.server)
   let draining = false
-  let certificates: ManualCertificates | undefined
   let redirectApp: FastifyInstance | undefined
   let admin: AdminServer | undefined
   const metrics = initial.admin ? new ProxyMetrics() : undefined
@@ -162,7 +167,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       acceptOnDemand: (host) => acceptOnDemand(host),
       trusted: opts.trustedProxies,
       draining: () => draining,
-      previous: current,
+      previous: live.current,
       fastPath: metrics === undefined,
       decorate: (genApp, gen) => {
         metrics?.instrument(genApp)
@@ -174,7 +179,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
   // requests (400 for a route without websockets, 421 for unknown hosts). Listened to only while needed: without an
   // 'upgrade' listener Node treats an upgrade request as an ordinary request on a kept connection.
   const onUpgrade = (req: import('node:http').IncomingMessage, socket: import('node:net').Socket, head: Buffer) => {
-    const gen = current!
+    const gen = live.current!
     if (gen.websocket && dispatchSite(req, gen.sites, initial.health) !== undefined) {
       gen.upgrade(req, socket, head)
       return
@@ -186,7 +191,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
   }
   let upgrading = false
   const syncUpgrade = () => {
-    const want = current?.websocket ?? false
+    const want = live.current?.websocket ?? false
     if (want && !upgrading) app.server.on('upgrade', onUpgrade)
     if (!want && upgrading) app.server.off('upgrade', onUpgrade)
     upgrading = want
@@ -222,11 +227,11 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
   }
 
   try {
-    certificates = await loadCertificates(initial, resolver)
-    let plan = planCertificates(initial, certificates ?? { hosts: () => [] })
+    live.certificates = await loadCertificates(initial, resolver)
+    live.plan = planCertificates(initial, live.certificates ?? { hosts: () => [] })
 
     let acme: FastifyAcme | undefined
-    if ((plan.acmeNames.length > 0 || initial.acme?.onDemand) && initial.acme) {
+    if ((live.plan.acmeNames.length > 0 || initial.acme?.onDemand) && initial.acme) {
       const { names: _names, ...acmeOptions } = initial.acme
       // TLS-ALPN-01 on the proxy's port, HTTP-01 on port 80 when it answers them, DNS-01 with a provider (wildcards).
       const challenges = acmeOptions.challenges ?? [
@@ -234,22 +239,22 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
         ...(initial.http?.acmeChallenges ? ['http-01' as const] : []),
         ...(acmeOptions.dns01 ? ['dns-01' as const] : []),
       ]
-      await app.register(fastifyAcme, { ...acmeOptions, names: plan.acmeNames, challenges })
+      await app.register(fastifyAcme, { ...acmeOptions, names: live.plan.acmeNames, challenges })
       acme = app.acme
     }
-    const acmeNames = new Set(plan.acmeNames)
+    const acmeNames = new Set(live.plan.acmeNames)
     // The `*` route takes the hosts fastify-acme serves on demand (a name it manages and no route names).
     acceptOnDemand = (host) => acme?.status(host) !== undefined
 
     const healthState = {
       draining: () => draining,
-      sites: () => current?.sites.size ?? 0,
+      sites: () => live.current?.sites.size ?? 0,
       certificates: () => {
         const statuses = acme?.statuses() ?? []
         return {
           acme: statuses.length,
           acmeValid: statuses.filter((s) => s.state === 'valid').length,
-          manual: certificates?.status().length ?? 0,
+          manual: live.certificates?.status().length ?? 0,
         }
       },
     }
@@ -257,10 +262,10 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
     registerHttp2HeaderLimit(app, initial)
     // Requests that did not come through the listener (app.inject()) are dispatched here instead.
     registerNotFound(app, (req) => {
-      const gen = current!
+      const gen = live.current!
       return dispatchSite(req, gen.sites, initial.health) === undefined ? undefined : (gen.handler as never)
     })
-    current = await buildNext(initial)
+    live.current = await buildNext(initial)
     syncUpgrade()
 
     if (initial.http) {
@@ -269,129 +274,28 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
         health: initial.health,
         healthState,
         limits: initial.limits,
-        knows: (host) => current!.sites.get(host) !== undefined || acmeNames.has(host) || acceptOnDemand(host),
+        knows: (host) => live.current!.sites.get(host) !== undefined || acmeNames.has(host) || acceptOnDemand(host),
         acme,
         log: app.log.child({ listener: 'http' }),
       })
       tracker.track(redirectApp.server)
     }
 
-    // --- reload -------------------------------------------------------------------------------------------------
-    const applyReload = async (input: ProxyOptions): Promise<ReloadResult> => {
-      const next = resolveProxyOptions(input)
-      const ignored = restartOnlyChanges(active, next)
-      const merged = reloadable(active, next)
-      const filesChanged =
-        JSON.stringify([merged.certificates, merged.defaultCertificate]) !==
-        JSON.stringify([active.certificates, active.defaultCertificate])
-      // New certificate files are validated on a scratch resolver before anything served changes.
-      let coverage: { hosts(): string[] } = certificates ?? { hosts: () => [] }
-      if (filesChanged) {
-        const scratch = await loadCertificates(merged, new CertResolver())
-        coverage = scratch ?? { hosts: () => [] }
-        await scratch?.close()
-      }
-      const nextPlan = planCertificates({ ...merged, acme: active.acme }, coverage)
-      const added = nextPlan.acmeNames.filter((n) => !acmeNames.has(n))
-      const dropped = plan.acmeNames.filter((n) => !nextPlan.acmeNames.includes(n))
-      if (added.length > 0 && acme === undefined) {
-        // The plugin was not registered at start (no ACME name then): a running proxy cannot add it.
-        const index = merged.routes.findIndex((r) => r.host === added[0])
-        throw atOption(
-          new Error(
-            `${added.join(', ')} would need a new ACME certificate, which a running proxy cannot order yet: restart to add it, or serve it from a certificate file`,
-          ),
-          ['routes', Math.max(0, index), 'host'],
-        )
-      }
-      // New names are ordered now (their routes answer once the certificate is served); stored ones serve at once.
-      if (added.length > 0) await acme?.add(added)
-      const gen = await buildNext(merged)
-      if (filesChanged) {
-        let loaded: ManualCertificates | undefined
-        try {
-          loaded = await loadCertificates(merged, resolver)
-        } catch (err) {
-          await gen.close()
-          throw err
-        }
-        const keep = new Set(loaded?.hosts() ?? [])
-        for (const host of certificates?.hosts() ?? [])
-          if (!keep.has(host) && !acmeNames.has(host)) resolver.delete(host)
-        if (!merged.defaultCertificate) resolver.setFallback(undefined)
-        await certificates?.close()
-        certificates = loaded
-        if (app.server.listening) certificates?.start()
-      }
-      const before = new Set(active.routes.map((r) => r.label))
-      const after = new Set(merged.routes.map((r) => r.label))
-      const old = current!
-      current = gen
-      active = merged
-      // Names no route uses any more are no longer renewed nor served (their files are kept).
-      if (dropped.length > 0) await acme?.remove(dropped)
-      for (const name of added) acmeNames.add(name)
-      for (const name of dropped) acmeNames.delete(name)
-      plan = { acmeNames: nextPlan.acmeNames, manualHosts: nextPlan.manualHosts }
-      syncUpgrade()
-      retiring.set(
-        old,
-        new Promise<void>((resolve) => {
-          setTimeout(() => {
-            void old
-              .close()
-              .catch((err) => log.warn({ err, generation: old.id }, 'closing a replaced generation failed'))
-              .finally(() => {
-                retiring.delete(old)
-                log.debug({ generation: old.id }, 'replaced generation closed')
-                resolve()
-              })
-          }, RETIRE_AFTER_MS).unref()
-        }),
-      )
-      const result: ReloadResult = {
-        applied: true,
-        generation: gen.id,
-        errors: [],
-        ignored,
-        routesAdded: [...after].filter((l) => !before.has(l)),
-        routesRemoved: [...before].filter((l) => !after.has(l)),
-      }
-      log.info({ ...result }, 'configuration reloaded')
-      metrics?.reloaded(true)
-      return result
-    }
-    let queue: Promise<unknown> = Promise.resolve()
-    const reload = (input: ProxyOptions, describe?: (err: unknown) => string): Promise<ReloadResult> => {
-      const run = queue.then(async () => {
-        if (draining) return refused(['the proxy is shutting down'])
-        try {
-          return await applyReload(input)
-        } catch (err) {
-          const message = describe ? describe(err) : (err as Error).message
-          log.error({ err }, 'reload refused, the running configuration is kept')
-          return refused([message])
-        }
-      })
-      queue = run
-      return run
-    }
-    const refused = (errors: string[]): ReloadResult => {
-      metrics?.reloaded(false)
-      return { applied: false, generation: current!.id, errors, ignored: [], routesAdded: [], routesRemoved: [] }
-    }
-    const reloadFromSource = async (): Promise<ReloadResult> => {
-      if (!runtime.reloadSource) return refused(['this proxy has no configuration source to reload from'])
-      let source: Awaited<ReturnType<NonNullable<ProxyRuntime['reloadSource']>>>
-      try {
-        source = await runtime.reloadSource()
-      } catch (err) {
-        const message = (err as { located?: string }).located ?? (err as Error).message
-        log.error({ err }, 'reload refused, the running configuration is kept')
-        return refused([message])
-      }
-      return reload(source.options, source.describeError)
-    }
+    const { reload, reloadFromSource } = createReloader({
+      live,
+      acmeNames,
+      retiring,
+      app,
+      resolver,
+      acme,
+      metrics,
+      log,
+      draining: () => draining,
+      reloadSource: runtime.reloadSource,
+      loadCertificates,
+      buildNext,
+      syncUpgrade,
+    })
 
     let closing: Promise<void> | undefined
     const http = redirectApp
@@ -399,14 +303,14 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       const adminOptions = initial.admin
       metrics!.attach({
         acme: () => acme,
-        certificates: () => certificates,
+        certificates: () => live.certificates,
         resolver,
         upstreamHealth: () =>
-          active.routes.flatMap((r) =>
+          live.active.routes.flatMap((r) =>
             r.upstreams.map((upstream) => ({
               route: r.label,
               upstream,
-              healthy: current!.health(r.label, upstream).healthy,
+              healthy: live.current!.health(r.label, upstream).healthy,
             })),
           ),
       })
@@ -417,11 +321,11 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
         reload: reloadFromSource,
         status: () => ({
           draining,
-          generation: current!.id,
-          options: active,
+          generation: live.current!.id,
+          options: live.active,
           acme,
-          certificates,
-          upstreamHealth: (route, upstream) => current!.health(route, upstream),
+          certificates: live.certificates,
+          upstreamHealth: (route, upstream) => live.current!.health(route, upstream),
         }),
         acme,
         resolver,
@@ -433,17 +337,17 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       redirectApp: http,
       acme,
       get certificates() {
-        return certificates
+        return live.certificates
       },
       resolver,
       get plan() {
-        return plan
+        return live.plan
       },
       get options() {
-        return active
+        return live.active
       },
       get generation() {
-        return current!.id
+        return live.current!.id
       },
       metrics,
       async listen() {
@@ -456,10 +360,15 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
           await app.close()
           throw err
         }
-        certificates?.start()
+        live.certificates?.start()
         const addresses = proxy.addresses()
         app.log.info(
-          { https: addresses.https.port, http: addresses.http?.port, sites: current!.sites.size, acme: plan.acmeNames },
+          {
+            https: addresses.https.port,
+            http: addresses.http?.port,
+            sites: live.current!.sites.size,
+            acme: live.plan.acmeNames,
+          },
           'proxy listening',
         )
         return addresses
@@ -481,16 +390,16 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
           servers: [app.server, ...(http ? [http.server] : [])] as never,
           // Upstream requests still waiting would hold the generations' onClose (pool close waits for them).
           onForce: () => {
-            for (const gen of [current!, ...retiring.keys()]) gen.destroy()
+            for (const gen of [live.current!, ...retiring.keys()]) gen.destroy()
           },
           close: async () => {
             draining = true
             try {
               await Promise.all([app.close(), http?.close(), admin?.close()])
-              await Promise.all([current!, ...retiring.keys()].map((gen) => gen.close()))
+              await Promise.all([live.current!, ...retiring.keys()].map((gen) => gen.close()))
             } finally {
               metrics?.detach()
-              await certificates?.close()
+              await live.certificates?.close()
             }
           },
         })
@@ -499,10 +408,10 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
     }
     return proxy
   } catch (err) {
-    await certificates?.close()
+    await live.certificates?.close()
     await redirectApp?.close()
     await admin?.close()
-    await current?.close()
+    await live.current?.close()
     await app.close()
     throw err
   }
@@ -596,34 +505,36 @@ export * from './errors.js'
 export type { ManualCertificateEvents, ManualCertificateStatus, ManualCertificates } from './manual-certs.js'
 export {
   DEFAULT_BODY_BYTES,
-  DEFAULT_CONNECT_TIMEOUT_MS,
-  DEFAULT_EJECT_MS,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_HEADER_BYTES,
   DEFAULT_HEADERS_TIMEOUT_MS,
-  DEFAULT_HEALTH_CHECK_INTERVAL_MS,
-  DEFAULT_HEALTH_CHECK_PATH,
-  DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
   DEFAULT_HEALTH_PATH,
-  DEFAULT_HEALTHY_THRESHOLD,
   DEFAULT_HTTP_PORT,
   DEFAULT_HTTP2_SESSION_TIMEOUT_MS,
   DEFAULT_HTTPS_PORT,
-  DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
   DEFAULT_LISTEN_HOST,
   DEFAULT_RELOAD_DEBOUNCE_MS,
   DEFAULT_RELOAD_POLL_MS,
   DEFAULT_REQUEST_TIMEOUT_MS,
-  DEFAULT_RESPONSE_TIMEOUT_MS,
   DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_SHUTDOWN_SIGNALS,
-  DEFAULT_UNHEALTHY_THRESHOLD,
   type ProxyOptions,
   type ProxyOptionsData,
   ProxyOptionsSchema,
   type ResolvedProxyOptions,
+} from './options.js'
+export {
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_EJECT_MS,
+  DEFAULT_HEALTH_CHECK_INTERVAL_MS,
+  DEFAULT_HEALTH_CHECK_PATH,
+  DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
+  DEFAULT_HEALTHY_THRESHOLD,
+  DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_RESPONSE_TIMEOUT_MS,
+  DEFAULT_UNHEALTHY_THRESHOLD,
   type ResolvedRoute,
   type RouteOptions,
   RouteSchema,
-} from './options.js'
+} from './route-options.js'

@@ -8,7 +8,7 @@ import { ACME_REQUEST_CHANNEL, type CertResolver, type FastifyAcme } from '@auto
 import type { FastifyInstance } from 'fastify'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { ManualCertificates } from './manual-certs.js'
-import type { ResolvedRoute } from './options.js'
+import type { ResolvedRoute } from './route-options.js'
 
 export interface MetricsSources {
   acme: () => FastifyAcme | undefined

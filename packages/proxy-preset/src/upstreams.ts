@@ -8,7 +8,7 @@
 // failure and dispatches again to another upstream's Pool.
 import type { Stream } from 'node:stream'
 import { Dispatcher, Pool } from 'undici'
-import type { ResolvedHealthCheck, ResolvedRoute } from './options.js'
+import type { ResolvedHealthCheck, ResolvedRoute } from './route-options.js'
 
 /** Errors raised while connecting: the request never left the proxy, whatever its method. */
 const CONNECT_CODES = new Set([
