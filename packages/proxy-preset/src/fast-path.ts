@@ -14,7 +14,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Dispatcher } from 'undici'
 import type { TrustFunction } from './forwarded.js'
 import { connectionTokens } from './headers.js'
-import type { ResolvedRoute } from './options.js'
+import type { ResolvedRoute } from './route-options.js'
 import { pathProblem, requestHeadersFor, responseHeadersFor, type Site, upstreamFailure } from './routes.js'
 
 /** Path characters the router treats specially (decoding, parameters, fragments): such requests go the Fastify way. */

@@ -20,9 +20,6 @@ import {
   resolveRoute,
 } from './route-options.js'
 
-// fast-path.ts and routes.ts import the resolved route from here.
-export type { ResolvedRoute } from './route-options.js'
-
 export const DEFAULT_HTTPS_PORT = 443
 export const DEFAULT_HTTP_PORT = 80
 /** All interfaces, IPv6 and IPv4 (falls back to 0.0.0.0 where IPv6 is unavailable). */

@@ -31,7 +31,8 @@ import {
 import { type TrustFunction, upstreamRequestHeaders } from './forwarded.js'
 import { endToEndCopy } from './headers.js'
 import { HostTable, requestHost } from './hosts.js'
-import type { ResolvedProxyOptions, ResolvedRoute } from './options.js'
+import type { ResolvedProxyOptions } from './options.js'
+import type { ResolvedRoute } from './route-options.js'
 import { UpstreamSet } from './upstreams.js'
 
 export const VHOST_PREFIX = '/_vhost'
