@@ -11,6 +11,7 @@ import {
 } from '../src/lifecycle/ari.js'
 import { OrderBudget } from '../src/lifecycle/rate-limit.js'
 import { EMERGENCY_FRACTION, renewalPolicy } from '../src/lifecycle/renewal-policy.js'
+import { keys } from '../src/storage/index.js'
 
 const HOUR = 3600_000
 const DAY = 24 * HOUR
@@ -112,5 +113,30 @@ describe('order budget in storage', () => {
     assert.equal(await restarted.take(20), 0)
     assert.equal(await restarted.take(30), 970, 'the fourth order waits for the first to leave the window')
     assert.equal(await new OrderBudget(storage, 'dir', 3, 1000).take(1001), 0, 'the window slid')
+  })
+
+  test('a store that comes back empty does not hand out a new budget: the instance puts back what it knew', async () => {
+    const storage = new MemoryStorage()
+    const a = new OrderBudget(storage, 'dir', 3, 10_000)
+    const b = new OrderBudget(storage, 'dir', 3, 10_000)
+    assert.equal(await a.take(1_000), 0)
+    assert.equal(await b.take(2_000), 0)
+    assert.equal(await a.take(3_000), 0, "a's read saw b's order")
+    const key = keys.orderBudget('dir')
+    const before = JSON.parse(String(await storage.get(key))) as { orders: number[] }
+    assert.deepEqual(before.orders, [1_000, 2_000, 3_000])
+    await storage.delete(key) // the store restarted empty
+    assert.equal(await a.take(4_000), 7_000, 'still three orders in the window: wait for the first to leave it')
+    const after = JSON.parse(String(await storage.get(key))) as { orders: number[] }
+    assert.deepEqual(after.orders, [1_000, 2_000, 3_000], 'put back for every instance sharing the store')
+    assert.equal(await b.take(4_500), 6_500, 'the other instance reads the restored log')
+    assert.equal(await a.take(11_000), 0, 'the window slid')
+  })
+
+  test('times are kept in numeric order (a sliding log of timestamps of different lengths)', async () => {
+    const storage = new MemoryStorage()
+    const budget = new OrderBudget(storage, 'dir', 2, 1_000_000)
+    await storage.put(keys.orderBudget('dir'), JSON.stringify({ orders: [100_000, 99_999] }))
+    assert.equal(await budget.take(100_500), 999_499, 'the oldest (99,999) leaves the window first')
   })
 })

@@ -40,6 +40,9 @@ export class OrderLimiter {
 /**
  * The order budget of one account, kept in storage (the times of its recent new orders), so that restarts, and
  * every process sharing the storage, draw on one budget. Each take reads, decides and writes under a storage lock.
+ * The times this instance last read or wrote are also kept in memory and merged into what it reads: a store that
+ * comes back empty (a Redis restarted without persistence, a cache folder wiped) does not hand out a fresh budget
+ * while the orders of the window are still counted at the CA.
  */
 export class OrderBudget {
   readonly #storage: Storage
@@ -47,6 +50,8 @@ export class OrderBudget {
   readonly #lockKey: string
   readonly #limit: number
   readonly #windowMs: number
+  /** What the store held after this instance's last take (its own orders and those of others it read). */
+  #known: number[] = []
 
   constructor(storage: Storage, dir: string, limit: number, windowMs: number) {
     this.#storage = storage
@@ -60,9 +65,16 @@ export class OrderBudget {
   async take(now: number, signal?: AbortSignal): Promise<number> {
     const lease = await this.#storage.lock(this.#lockKey, { timeoutMs: 10_000, ...(signal ? { signal } : {}) })
     try {
-      const limiter = new OrderLimiter(this.#limit, this.#windowMs, await this.#read())
+      const stored = await this.#read()
+      // Times from memory that the store no longer has (and that are still in the window) go back in.
+      const missing = this.#known.filter((t) => !stored.includes(t))
+      const times = missing.length === 0 ? stored : [...stored, ...missing].sort((a, b) => a - b)
+      const limiter = new OrderLimiter(this.#limit, this.#windowMs, times)
       const wait = limiter.take(now)
-      if (wait === 0) await this.#storage.put(this.#key, JSON.stringify({ orders: limiter.times() }))
+      if (wait === 0 || missing.length > 0) {
+        await this.#storage.put(this.#key, JSON.stringify({ orders: limiter.times() }))
+      }
+      this.#known = limiter.times()
       return wait
     } finally {
       await lease.release()
@@ -74,7 +86,9 @@ export class OrderBudget {
     if (!raw) return []
     try {
       const value = JSON.parse(raw.toString('utf8')) as { orders?: unknown }
-      return Array.isArray(value.orders) ? value.orders.filter((t): t is number => typeof t === 'number').sort() : []
+      return Array.isArray(value.orders)
+        ? value.orders.filter((t): t is number => typeof t === 'number').sort((a, b) => a - b)
+        : []
     } catch {
       return []
     }
