@@ -3,10 +3,9 @@
 // the configuration source, as SIGHUP does). Plain HTTP on its own port, never on the proxy's listeners.
 import { timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
-import type { CertResolver, FastifyAcme } from '@autotls/fastify-acme'
+import type { FastifyAcme } from '@autotls/fastify-acme'
 import Fastify, { type FastifyBaseLogger, LogController } from 'fastify'
 import type { ManualCertificates } from './manual-certs.js'
-import type { ProxyMetrics } from './metrics.js'
 import type { ResolvedProxyOptions } from './options.js'
 import type { ReloadResult } from './reload.js'
 
@@ -21,12 +20,12 @@ export interface AdminStatusSources {
 
 export interface AdminDeps {
   options: NonNullable<ResolvedProxyOptions['admin']>
-  log: FastifyBaseLogger
-  metrics: ProxyMetrics
+  /** The proxy's logger, or (the primary, with `workers`, which has none) options for Fastify to make one. */
+  log: FastifyBaseLogger | { level: string; base: Record<string, unknown> }
+  /** The Prometheus text (this proxy's registry, or with `workers` every worker's, merged by the primary). */
+  metrics: { readonly contentType: string; text(): Promise<string> }
   reload: () => Promise<ReloadResult>
-  status: () => AdminStatusSources
-  acme: FastifyAcme | undefined
-  resolver: CertResolver
+  status: () => StatusJson | Promise<StatusJson>
   /** Called with the listen error (named for the `admin` listener). */
   listenError: (err: unknown) => Error
 }
@@ -54,6 +53,12 @@ export interface StatusJson {
     route: string
     upstreams: Array<{ url: string; healthy: boolean; checked: boolean; lastError?: string }>
   }>
+  /**
+   * With `workers`: each worker's own state, as the primary collected it for this answer. The fields above are then
+   * merged: draining if any worker drains, the lowest generation, an upstream healthy only if every worker that
+   * answered finds it so, the certificates of the first worker that answered (they share one store).
+   */
+  workers?: Array<{ worker: number; pid: number | undefined; answered: boolean; state?: string; generation?: number }>
 }
 
 const started = Date.now()
@@ -98,6 +103,18 @@ export function statusJson(s: AdminStatusSources): StatusJson {
 
 const html = (value: unknown): string => String(value ?? '-').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 
+function workerTable(status: StatusJson): string {
+  if (status.workers === undefined) return ''
+  const rows = status.workers
+    .map(
+      (w) =>
+        `<tr><td>${w.worker}</td><td>${html(w.pid)}</td><td class="${w.answered ? 'up' : 'down'}">${w.answered ? html(w.state) : 'no answer'}</td><td>${html(w.generation)}</td></tr>`,
+    )
+    .join('')
+  return `<h2>Workers</h2><table id="workers"><thead><tr><th>worker</th><th>pid</th><th>state</th><th>generation</th></tr></thead><tbody>${rows}</tbody></table>
+`
+}
+
 export function statusHtml(status: StatusJson): string {
   const certRows = status.certificates
     .map(
@@ -119,7 +136,7 @@ export function statusHtml(status: StatusJson): string {
 <body><h1>autotls</h1><p id="summary">${html(status.state)}, up ${status.uptimeSeconds} s, configuration generation ${status.generation}</p>
 <h2>Certificates</h2><table id="certificates"><thead><tr><th>name</th><th>source</th><th>state</th><th>issuer</th><th>expires</th><th>next renewal</th><th>last error</th></tr></thead><tbody>${certRows}</tbody></table>
 <h2>Routes</h2><table id="routes"><thead><tr><th>route</th><th>upstream</th><th>health</th><th>last error</th></tr></thead><tbody>${routeRows}</tbody></table>
-</body></html>`
+${workerTable(status)}</body></html>`
 }
 
 function tokenMatches(header: string | undefined, token: string): boolean {
@@ -131,7 +148,11 @@ function tokenMatches(header: string | undefined, token: string): boolean {
 
 export async function startAdmin(deps: AdminDeps): Promise<AdminServer> {
   // No per-request lines (scrapes would fill the log); Fastify 5.8+ takes this through a LogController.
-  const app = Fastify({ loggerInstance: deps.log, logController: new LogController({ disableRequestLogging: true }) })
+  const logController = new LogController({ disableRequestLogging: true })
+  const app =
+    'child' in deps.log
+      ? Fastify({ loggerInstance: deps.log, logController })
+      : Fastify({ logger: deps.log, logController })
   const { token } = deps.options
   if (token !== undefined) {
     app.addHook('onRequest', (request, reply, done) => {
@@ -144,7 +165,7 @@ export async function startAdmin(deps: AdminDeps): Promise<AdminServer> {
     return deps.metrics.text()
   })
   app.get('/status', async (request, reply) => {
-    const status = statusJson(deps.status())
+    const status = await deps.status()
     const query = request.query as { format?: string }
     const html = query.format === 'html' || (query.format !== 'json' && /text\/html/.test(request.headers.accept ?? ''))
     reply.header('cache-control', 'no-store')

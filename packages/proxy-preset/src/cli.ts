@@ -122,8 +122,9 @@ program
     const config = await load(opts.config)
     let workers: number
     let shutdown: { signals: NodeJS.Signals[]; graceMs: number }
+    let admin: ReturnType<typeof resolveProxyOptions>['admin']
     try {
-      ;({ workers, shutdown } = resolveProxyOptions(config.options))
+      ;({ workers, shutdown, admin } = resolveProxyOptions(config.options))
     } catch (err) {
       fail(describeConfigError(err, config))
     }
@@ -135,6 +136,8 @@ program
         signals: shutdown.signals,
         graceMs: shutdown.graceMs,
         reloadSignal: 'SIGHUP',
+        // The admin listener is the primary's: it asks every worker (one worker's figures would mislead).
+        ...(admin ? { admin } : {}),
       })
       return
     }
@@ -157,14 +160,15 @@ program
         },
         watchFile: opts.watch ? opts.config : undefined,
         reloadSignal: 'SIGHUP',
+        adminListener: cluster === undefined,
       })
     } catch (err) {
       fail(describeConfigError(err, config))
     }
     const { https, http } = proxy.addresses()
-    const admin = proxy.adminAddress()
+    const adminAt = proxy.adminAddress()
     process.stderr.write(
-      `autotls: ${cluster ? `worker ${process.pid} ` : ''}serving ${proxy.options.routes.length} route(s) on https ${https.port}${http ? `, http ${http.port}` : ''}${admin ? `, admin ${admin.port}` : ''}\n`,
+      `autotls: ${cluster ? `worker ${process.pid} ` : ''}serving ${proxy.options.routes.length} route(s) on https ${https.port}${http ? `, http ${http.port}` : ''}${adminAt ? `, admin ${adminAt.port}` : ''}\n`,
     )
     cluster?.serveAsWorker(proxy)
   })

@@ -10,11 +10,11 @@ import type { Server as TlsServer } from 'node:tls'
 import { CertResolver, type FastifyAcme, fastifyAcme } from '@autotls/fastify-acme'
 import type { FastifyInstance } from 'fastify'
 import { registerAccessLog } from './access-log.js'
-import { type AdminServer, startAdmin } from './admin.js'
+import { type AdminServer, type StatusJson, startAdmin, statusJson } from './admin.js'
 import { type CertificatePlan, planCertificates } from './certificates.js'
-import { atOption, ERR_LISTEN_FAILED } from './errors.js'
 import { buildGeneration, type Generation } from './generation.js'
 import { registerHealth } from './health.js'
+import { listenError } from './listen-error.js'
 import { createReloader, type LiveState } from './live-reload.js'
 import { ManualCertificates } from './manual-certs.js'
 import { ProxyMetrics } from './metrics.js'
@@ -25,6 +25,7 @@ import { dispatchSite, registerHttp2HeaderLimit, registerNotFound } from './rout
 import { baseTlsOptions, buildHttpsApp } from './server.js'
 import { ConnectionTracker, gracefulClose, onSignals } from './shutdown.js'
 
+export { listenError } from './listen-error.js'
 export type { ReloadResult } from './reload.js'
 
 export interface ProxyAddresses {
@@ -40,6 +41,11 @@ export interface ProxyRuntime {
   reloadSignal?: NodeJS.Signals
   /** A file whose changes reload from reloadSource (startProxy only). */
   watchFile?: string
+  /**
+   * False: with `admin` configured, collect metrics and status but do not listen on the admin port (a worker under
+   * `workers`, whose primary listens and asks every worker). Default true.
+   */
+  adminListener?: boolean
 }
 
 const WATCH_DEBOUNCE_MS = 200
@@ -63,21 +69,6 @@ async function listenOn(app: FastifyInstance, where: ResolvedListen, listener: s
   } catch (err) {
     throw listenError(err, where, listener)
   }
-}
-
-/** A listen failure that names the listener and the option to change. */
-export function listenError(err: unknown, where: ResolvedListen, listener: string): Error {
-  const code = (err as { code?: string }).code
-  const address = where.host.includes(':') ? `[${where.host}]:${where.port}` : `${where.host}:${where.port}`
-  const reason =
-    code === 'EADDRINUSE'
-      ? `the port is in use by another process; stop it or choose another ${listener}.port`
-      : code === 'EACCES'
-        ? `permission denied (ports below 1024 need a privilege; see "Running unprivileged"), or choose another ${listener}.port`
-        : code === 'EADDRNOTAVAIL'
-          ? `no interface of this machine has that address; fix ${listener}.host`
-          : `${(err as Error).message}`
-  return atOption(new ERR_LISTEN_FAILED(listener, address, reason, { cause: err }), [listener])
 }
 
 function addressOf(app: FastifyInstance): AddressInfo {
@@ -111,6 +102,8 @@ export interface ProxyHandle {
   addresses(): ProxyAddresses
   /** The admin listener's address, when it is on and listening. */
   adminAddress(): AddressInfo | undefined
+  /** What the admin's GET /status answers: certificates, routes and upstream health, generation, draining. */
+  status(): StatusJson
   /**
    * Applies a new configuration without dropping a request: routes, upstreams, certificate files, trusted proxies,
    * access log, body limit. Listener options (ports, limits, ACME account, admin) need a restart: they are kept and
@@ -299,6 +292,15 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
 
     let closing: Promise<void> | undefined
     const http = redirectApp
+    const currentStatus = (): StatusJson =>
+      statusJson({
+        draining,
+        generation: live.current!.id,
+        options: live.active,
+        acme,
+        certificates: live.certificates,
+        upstreamHealth: (route, upstream) => live.current!.health(route, upstream),
+      })
     if (initial.admin) {
       const adminOptions = initial.admin
       metrics!.attach({
@@ -314,23 +316,16 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
             })),
           ),
       })
-      admin = await startAdmin({
-        options: adminOptions,
-        log: app.log.child({ listener: 'admin' }),
-        metrics: metrics!,
-        reload: reloadFromSource,
-        status: () => ({
-          draining,
-          generation: live.current!.id,
-          options: live.active,
-          acme,
-          certificates: live.certificates,
-          upstreamHealth: (route, upstream) => live.current!.health(route, upstream),
-        }),
-        acme,
-        resolver,
-        listenError: (err) => listenError(err, adminOptions, 'admin'),
-      })
+      if (runtime.adminListener !== false) {
+        admin = await startAdmin({
+          options: adminOptions,
+          log: app.log.child({ listener: 'admin' }),
+          metrics: metrics!,
+          reload: reloadFromSource,
+          status: currentStatus,
+          listenError: (err) => listenError(err, adminOptions, 'admin'),
+        })
+      }
     }
     const proxy: ProxyHandle = {
       app,
@@ -377,6 +372,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
         return { https: addressOf(app), http: http?.server.listening ? addressOf(http) : undefined }
       },
       adminAddress: () => admin?.address(),
+      status: currentStatus,
       reload: (input) => reload(input),
       reloadFromSource,
       settled: async () => {
@@ -500,6 +496,7 @@ export {
 } from '@autotls/fastify-acme'
 // fastify-acme's error classes (codes FACME_*), as one namespace: their names overlap this package's FPROXY_* ones.
 export * as acmeErrors from '@autotls/fastify-acme/errors'
+export type { StatusJson } from './admin.js'
 export type { CertificatePlan } from './certificates.js'
 export * from './errors.js'
 export type { ManualCertificateEvents, ManualCertificateStatus, ManualCertificates } from './manual-certs.js'

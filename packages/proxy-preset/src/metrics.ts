@@ -78,6 +78,9 @@ export class ProxyMetrics {
     const self = this
     new Gauge({
       name: 'autotls_certificate_not_after_seconds',
+      // With `workers`, the primary merges every worker's: the lowest (the oldest certificate still served, the
+      // soonest renewal, an upstream down for any worker).
+      aggregator: 'min',
       help: 'Expiry (Unix time) of the certificate served for each name, by source (acme or file)',
       labelNames: ['name', 'source'],
       registers,
@@ -96,6 +99,7 @@ export class ProxyMetrics {
     })
     new Gauge({
       name: 'autotls_certificate_next_renewal_seconds',
+      aggregator: 'min',
       help: 'When the next ACME order for each name is scheduled (Unix time)',
       labelNames: ['name'],
       registers,
@@ -125,6 +129,7 @@ export class ProxyMetrics {
     })
     new Gauge({
       name: 'autotls_upstream_healthy',
+      aggregator: 'min',
       help: '1 when an upstream takes requests, 0 while ejected or failing its health check',
       labelNames: ['route', 'upstream'],
       registers,

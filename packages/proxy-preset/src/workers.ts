@@ -5,9 +5,10 @@
 // primary drains every worker through its graceful close and exits 0; SIGHUP reloads every worker; a worker that
 // crashes is forked again after a backoff, and the primary gives up (exit 1) when workers keep crashing at start.
 import cluster, { type Worker } from 'node:cluster'
+import type { startClusterAdmin } from './cluster-admin.js'
 import { ERR_WORKER_CRASH_LOOP, ERR_WORKER_START } from './errors.js'
 import type { ProxyHandle } from './index.js'
-import type { ProxyOptions } from './options.js'
+import type { ProxyOptions, ResolvedProxyOptions } from './options.js'
 
 /** First restart delay of a crashed worker; doubled per crash in a row of the same worker, up to RESTART_MAX_MS. */
 export const RESTART_MIN_MS = 250
@@ -29,6 +30,11 @@ export interface PrimaryOptions {
   graceMs: number
   /** A signal forwarded to every worker as a reload (the CLI: SIGHUP). */
   reloadSignal?: NodeJS.Signals
+  /**
+   * The admin listener (option `admin`): the primary listens and asks every worker (cluster-admin.ts); the workers
+   * must then be started with ProxyRuntime.adminListener false.
+   */
+  admin?: NonNullable<ResolvedProxyOptions['admin']>
 }
 
 /** One JSON line in the proxy's log format (pino's: level, time, pid, msg), from the primary. */
@@ -43,8 +49,15 @@ function log(level: 'info' | 'warn' | 'error', msg: string, fields: Record<strin
  * The primary: forks and supervises `workers` workers until a shutdown signal (or a start failure). Resolves with
  * the exit code: 0 when every worker closed gracefully after a signal, 1 otherwise.
  */
-export function runPrimary(options: PrimaryOptions): Promise<number> {
+export async function runPrimary(options: PrimaryOptions): Promise<number> {
   const started = new Map<Worker, { slot: number; at: number; ready: boolean }>()
+  let admin: Awaited<ReturnType<typeof primaryAdmin>>
+  try {
+    admin = await primaryAdmin(options, started)
+  } catch (err) {
+    log('error', (err as Error).message, { code: (err as { code?: string }).code })
+    return 1
+  }
   const crashesInRow = new Map<number, number>()
   let quickCrashes = 0
   let everReady = false
@@ -57,6 +70,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     const fork = (slot: number) => {
       const worker = cluster.fork({ AUTOTLS_WORKER: String(slot) })
       started.set(worker, { slot, at: Date.now(), ready: false })
+      admin?.listen(worker)
       worker.on('message', (message: Message) => {
         if (message?.type !== 'autotls:ready') return
         const entry = started.get(worker)
@@ -88,6 +102,7 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
     }
 
     const finish = () => {
+      void admin?.server.close()
       clearTimeout(forceTimer)
       for (const signal of options.signals) process.off(signal, onSignal)
       if (options.reloadSignal) process.off(options.reloadSignal, onReload)
@@ -156,6 +171,28 @@ export function runPrimary(options: PrimaryOptions): Promise<number> {
   })
 }
 
+/**
+ * The admin listener of the primary (listening before any worker is forked, so a port in use fails the start):
+ * each scrape, status or reload asks the workers that serve at that moment.
+ */
+async function primaryAdmin(
+  options: PrimaryOptions,
+  started: Map<Worker, { slot: number; ready: boolean }>,
+): Promise<Awaited<ReturnType<typeof startClusterAdmin>> | undefined> {
+  if (options.admin === undefined) return undefined
+  const { startClusterAdmin } = await import('./cluster-admin.js')
+  const admin = await startClusterAdmin({
+    options: options.admin,
+    log,
+    configured: options.workers,
+    workers: () => [...started].flatMap(([worker, e]) => (e.ready ? [{ slot: e.slot, worker }] : [])),
+  })
+  await admin.server.listen()
+  const address = admin.server.address()
+  log('info', 'admin listening', { host: address?.address, port: address?.port })
+  return admin
+}
+
 /** True in a process forked by runPrimary(). */
 export function isWorker(): boolean {
   return cluster.isWorker && process.env['AUTOTLS_WORKER'] !== undefined
@@ -177,7 +214,14 @@ export function serveAsWorker(proxy: ProxyHandle): void {
     else if (message?.type === 'autotls:reload') void proxy.reloadFromSource()
   })
   process.once('disconnect', drain)
-  process.send?.({ type: 'autotls:ready' } satisfies Message)
+  const ready = () => process.send?.({ type: 'autotls:ready' } satisfies Message)
+  // With `admin`, the primary asks ready workers for their metrics and status (cluster-admin.ts).
+  if (proxy.metrics === undefined) ready()
+  else
+    void import('./cluster-admin.js').then((m) => {
+      m.answerAdminQuestions(proxy)
+      ready()
+    })
 }
 
 /**

@@ -3,7 +3,7 @@
 // both and it exits 0 with no worker left. A port in use fails the start with exit 1 instead of forking forever.
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -12,6 +12,7 @@ import { test } from 'node:test'
 import { countOrders, freePort, startPebble, startRedis } from '@autotls/pebble-harness'
 import { RedisStorage } from '@autotls/storage-redis'
 import { CLI, certFiles, h1, startUpstream } from './helpers.js'
+import { parseMetrics, sample } from './prometheus.js'
 
 const HOST = 'workers.cli.test'
 
@@ -24,11 +25,12 @@ function alive(pid: number): boolean {
   }
 }
 
-function run(file: string, env: Record<string, string> = {}) {
+function run(file: string, env: Record<string, string> = {}, extra: string[] = []) {
   const installed = process.env['AUTOTLS_CLI_BIN']
+  const args = ['run', '-c', file, ...extra]
   const child = spawn(
     installed ?? process.execPath,
-    installed ? ['run', '-c', file] : ['--import', 'tsx', '--conditions=source', CLI, 'run', '-c', file],
+    installed ? args : ['--import', 'tsx', '--conditions=source', CLI, ...args],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
   )
   const lines: Array<Record<string, unknown>> = []
@@ -109,6 +111,105 @@ routes:
   t.after(() => failing.child.kill('SIGKILL'))
   assert.equal(await failing.exit, 1)
   assert.ok(failing.lines.some((l) => String(l['msg']).includes('exited before the proxy served')))
+})
+
+test('autotls run with workers: 2 and admin: the primary listens; /metrics, /status and /reload cover every worker', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'autotls-workers-admin-'))
+  const files = await certFiles([HOST])
+  const upstream = await startUpstream('app')
+  t.after(async () => {
+    await upstream.close()
+    await files.remove()
+    await rm(dir, { recursive: true, force: true })
+  })
+  const [port, adminPort] = await Promise.all([freePort(), freePort()])
+  const file = join(dir, 'autotls.yaml')
+  await writeFile(
+    file,
+    `workers: 2
+https: { host: 127.0.0.1, port: ${port} }
+http: false
+accessLog: true
+admin: { host: 127.0.0.1, port: ${adminPort}, token: secret-token }
+certificates:
+  - { cert: ${files.cert}, key: ${files.key} }
+routes:
+  - { host: ${HOST}, upstream: ${upstream.url} }
+`,
+  )
+  // No file watch: the reload below comes from the admin only.
+  const proxy = run(file, {}, ['--no-watch'])
+  t.after(() => {
+    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (alive(pid)) process.kill(pid, 'SIGKILL')
+  })
+  await proxy.until(() => proxy.workerPids().length === 2)
+  const admin = (path: string, init: RequestInit = {}) =>
+    fetch(`http://127.0.0.1:${adminPort}${path}`, {
+      ...init,
+      headers: { authorization: 'Bearer secret-token', ...init.headers },
+    })
+  assert.equal((await fetch(`http://127.0.0.1:${adminPort}/metrics`)).status, 401, 'the token guards the primary too')
+
+  // Each request on a new connection: the primary hands connections to the workers in turn.
+  const N = 10
+  const served = new Map<number, number>()
+  for (let i = 0; i < N; i++) {
+    const path = `/counted/${i}`
+    assert.equal((await h1({ port, host: HOST, path, ca: files.ca })).status, 200)
+    await proxy.until(() => proxy.lines.some((l) => l['type'] === 'access' && l['path'] === path))
+    const pid = proxy.lines.find((l) => l['type'] === 'access' && l['path'] === path)!['pid'] as number
+    served.set(pid, (served.get(pid) ?? 0) + 1)
+  }
+  assert.equal(served.size, 2, `both workers served requests: ${JSON.stringify([...served])}`)
+
+  const scrape = await admin('/metrics')
+  assert.equal(scrape.status, 200)
+  const families = parseMetrics(await scrape.text())
+  assert.equal(
+    sample(families, 'autotls_proxy_requests_total', { status: '200' }),
+    N,
+    `one scrape counts the requests of both workers (${JSON.stringify([...served.values()])} per worker)`,
+  )
+  assert.equal(sample(families, 'autotls_workers', { state: 'answered' }), 2)
+  assert.equal(sample(families, 'autotls_workers', { state: 'configured' }), 2)
+  assert.ok(
+    (sample(families, 'autotls_certificate_not_after_seconds', { name: HOST, source: 'file' }) ?? 0) >
+      Date.now() / 1000,
+    'a gauge is merged (lowest of the workers), not summed',
+  )
+  assert.ok(
+    (sample(families, 'autotls_certificate_not_after_seconds', { name: HOST, source: 'file' }) ?? 0) <
+      Date.now() / 1000 + 400 * 86400,
+  )
+
+  const status = (await (await admin('/status?format=json')).json()) as {
+    state: string
+    generation: number
+    workers: Array<{ pid: number; answered: boolean; generation: number }>
+    certificates: Array<{ name: string }>
+  }
+  assert.equal(status.state, 'running')
+  assert.deepEqual(status.workers.map((w) => w.pid).sort(), proxy.workerPids().sort())
+  assert.ok(status.workers.every((w) => w.answered && w.generation === 1))
+  assert.ok(status.certificates.some((c) => c.name === HOST))
+  assert.match(await (await admin('/status?format=html')).text(), /id="workers"/)
+
+  // A reload through the admin reaches both workers (a new route), and each one serves the next generation.
+  await writeFile(file, `${await readFile(file, 'utf8')}  - { host: ${HOST}, path: /v2, upstream: ${upstream.url} }\n`)
+  const reload = await admin('/reload', { method: 'POST' })
+  const result = (await reload.json()) as { applied: boolean; workers: Array<{ applied: boolean; generation: number }> }
+  assert.equal(reload.status, 200, JSON.stringify(result))
+  assert.equal(result.workers.length, 2)
+  assert.ok(
+    result.workers.every((w) => w.applied && w.generation === 2),
+    JSON.stringify(result.workers),
+  )
+  const after = (await (await admin('/status?format=json')).json()) as typeof status
+  assert.equal(after.generation, 2)
+
+  proxy.child.kill('SIGTERM')
+  assert.equal(await proxy.exit, 0)
+  for (const pid of proxy.workerPids()) assert.equal(alive(pid), false, `worker ${pid} is gone`)
 })
 
 test('autotls run with workers: 2 on Redis storage (file: acme.storage.redis): one order, TLS-ALPN-01 answered by either worker, both serve it', async (t) => {
