@@ -88,6 +88,14 @@ function printStatus(status: Record<string, unknown>): void {
       .join(', ')
     out.push(`  ${String(r['route'])}  -> ${upstreams}`)
   }
+  const workers = status['workers'] as Array<Record<string, unknown>> | undefined
+  if (workers !== undefined) {
+    out.push('workers:')
+    for (const w of workers) {
+      const state = w['answered'] ? `${String(w['state'])}, config generation ${String(w['generation'])}` : 'NO ANSWER'
+      out.push(`  ${String(w['worker'])}  pid ${String(w['pid'])}  ${state}`)
+    }
+  }
   process.stdout.write(`${out.join('\n')}\n`)
 }
 

@@ -2,7 +2,7 @@
 // primary forks two workers, both answer requests (their pids in the access log), SIGTERM to the primary drains
 // both and it exits 0 with no worker left. A port in use fails the start with exit 1 instead of forking forever.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -193,6 +193,16 @@ routes:
   assert.ok(status.workers.every((w) => w.answered && w.generation === 1))
   assert.ok(status.certificates.some((c) => c.name === HOST))
   assert.match(await (await admin('/status?format=html')).text(), /id="workers"/)
+  const installed = process.env['AUTOTLS_CLI_BIN']
+  const statusArgs = ['status', '--url', `http://127.0.0.1:${adminPort}`, '--token', 'secret-token']
+  const printed = await new Promise<string>((resolve, reject) =>
+    execFile(
+      installed ?? process.execPath,
+      installed ? statusArgs : ['--import', 'tsx', '--conditions=source', CLI, ...statusArgs],
+      (err, stdout) => (err ? reject(err) : resolve(stdout)),
+    ),
+  )
+  for (const pid of proxy.workerPids()) assert.match(printed, new RegExp(`pid ${pid}  running, config generation 1`))
 
   // A reload through the admin reaches both workers (a new route), and each one serves the next generation.
   await writeFile(file, `${await readFile(file, 'utf8')}  - { host: ${HOST}, path: /v2, upstream: ${upstream.url} }\n`)
