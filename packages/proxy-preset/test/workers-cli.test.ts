@@ -130,7 +130,7 @@ test('autotls run with workers: 2 and admin: the primary listens; /metrics, /sta
 https: { host: 127.0.0.1, port: ${port} }
 http: false
 accessLog: true
-admin: { host: 127.0.0.1, port: ${adminPort}, token: secret-token }
+admin: { host: 127.0.0.1, port: ${adminPort}, token: admin-token-of-this-test }
 certificates:
   - { cert: ${files.cert}, key: ${files.key} }
 routes:
@@ -146,7 +146,7 @@ routes:
   const admin = (path: string, init: RequestInit = {}) =>
     fetch(`http://127.0.0.1:${adminPort}${path}`, {
       ...init,
-      headers: { authorization: 'Bearer secret-token', ...init.headers },
+      headers: { authorization: 'Bearer admin-token-of-this-test', ...init.headers },
     })
   assert.equal((await fetch(`http://127.0.0.1:${adminPort}/metrics`)).status, 401, 'the token guards the primary too')
 
@@ -194,7 +194,7 @@ routes:
   assert.ok(status.certificates.some((c) => c.name === HOST))
   assert.match(await (await admin('/status?format=html')).text(), /id="workers"/)
   const installed = process.env['AUTOTLS_CLI_BIN']
-  const statusArgs = ['status', '--url', `http://127.0.0.1:${adminPort}`, '--token', 'secret-token']
+  const statusArgs = ['status', '--url', `http://127.0.0.1:${adminPort}`, '--token', 'admin-token-of-this-test']
   const printed = await new Promise<string>((resolve, reject) =>
     execFile(
       installed ?? process.execPath,
