@@ -68,6 +68,16 @@ export async function findBinary(name: string): Promise<string> {
   return `/usr/bin/${name}`
 }
 
+/** True while a process with this pid exists (signal 0: nothing is sent). For tests that check what is left running. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }

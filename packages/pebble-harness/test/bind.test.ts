@@ -4,16 +4,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { existsSync, readlinkSync } from 'node:fs'
 import { test } from 'node:test'
-import { startBind, startChallTestSrv, startPebble } from '../src/index.js'
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
+import { isAlive, startBind, startChallTestSrv, startPebble } from '../src/index.js'
 
 function nsupdate(script: string, key: string): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
@@ -52,7 +43,7 @@ test('bind: zones with SOA/NS/A, TSIG-signed nsupdate adds and deletes TXT, stop
 
   const dir = readlinkSync(`/proc/${bind.pid}/cwd`)
   await bind.stop()
-  assert.equal(alive(bind.pid), false)
+  assert.equal(isAlive(bind.pid), false)
   assert.equal(existsSync(dir), false)
 })
 

@@ -15,6 +15,7 @@ import { createSecureContext, createServer as createTlsServer } from 'node:tls'
 import {
   countOrders,
   freePort,
+  isAlive,
   makeTestCertificates,
   type Pebble,
   startChallTestSrv,
@@ -55,15 +56,6 @@ async function directory(pebble: Pebble): Promise<Record<string, unknown>> {
   const reply = await httpsRequest(pebble.directoryUrl, pebble.caBundle)
   assert.equal(reply.status, 200)
   return JSON.parse(reply.body) as Record<string, unknown>
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 const b64u = (data: Buffer | string) => Buffer.from(data).toString('base64url')
@@ -220,7 +212,7 @@ test('challtestsrv: A -> 127.0.0.1, no AAAA, A/TXT/CNAME records over the manage
 
   await assert.rejects(dns.addA('bad name', ['127.0.0.1']), TypeError)
   assert.match(dns.logs(), /Starting management server/)
-  assert.ok(alive(dns.pid))
+  assert.ok(isAlive(dns.pid))
   await Promise.all([dns.stop(), dns.stop()])
   assert.throws(() => process.kill(dns.pid, 0), { code: 'ESRCH' })
 })
@@ -253,7 +245,7 @@ test('Pebble: directory, issuing root, DNS, stop leaves nothing (Pebble and its 
   assert.match(pebble.logs(), /ACME directory available at/)
   assert.equal(countOrders(pebble), 0)
   const workDir = readlinkSync(`/proc/${pebble.pid}/cwd`)
-  assert.ok(alive(pebble.pid))
+  assert.ok(isAlive(pebble.pid))
   await Promise.all([pebble.stop(), pebble.stop()])
   assert.throws(() => process.kill(pebble.pid, 0), { code: 'ESRCH' })
   assert.throws(() => process.kill(pebble.dns.pid, 0), { code: 'ESRCH' }, 'its challtestsrv stopped too')

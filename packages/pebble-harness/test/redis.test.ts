@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import { connect } from 'node:net'
 import { test } from 'node:test'
-import { startRedis } from '../src/index.js'
+import { isAlive, startRedis } from '../src/index.js'
 
 /** One inline command over a fresh socket; the raw RESP reply. */
 function command(port: number, line: string): Promise<string> {
@@ -22,15 +22,6 @@ function command(port: number, line: string): Promise<string> {
   })
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
-
 test('startRedis: no persistence, restart() keeps the port and loses the data, stop() leaves no process', async () => {
   const started = performance.now()
   const redis = await startRedis()
@@ -45,7 +36,7 @@ test('startRedis: no persistence, restart() keeps the port and loses the data, s
     await redis.restart()
     const restartMs = performance.now() - restartedAt
     assert.notEqual(redis.pid, first)
-    assert.equal(alive(first), false)
+    assert.equal(isAlive(first), false)
     assert.equal(await command(redis.port, 'GET k'), '$-1\r\n', 'no data survives a restart')
     await redis.kill()
     assert.equal(redis.running, false)
@@ -57,6 +48,6 @@ test('startRedis: no persistence, restart() keeps the port and loses the data, s
     const pid = redis.pid
     await redis.stop()
     await redis.stop()
-    assert.equal(alive(pid), false)
+    assert.equal(isAlive(pid), false)
   }
 })

@@ -8,22 +8,13 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { test } from 'node:test'
-import { countOrders, freePort, startPebble, startRedis } from '@autotls/pebble-harness'
+import { type TestContext, test } from 'node:test'
+import { countOrders, freePort, isAlive, startPebble, startRedis } from '@autotls/pebble-harness'
 import { RedisStorage } from '@autotls/storage-redis'
 import { CLI, certFiles, h1, startUpstream } from './helpers.js'
 import { parseMetrics, sample } from './prometheus.js'
 
 const HOST = 'workers.cli.test'
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 function run(file: string, env: Record<string, string> = {}, extra: string[] = []) {
   const installed = process.env['AUTOTLS_CLI_BIN']
@@ -64,8 +55,9 @@ function run(file: string, env: Record<string, string> = {}, extra: string[] = [
   return { child, lines, until, exit, workerPids }
 }
 
-test('autotls run with workers: 2 serves from both workers; SIGTERM drains them and exits 0', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'autotls-workers-cli-'))
+/** A folder, a certificate for HOST and an upstream, removed after the test. */
+async function fileFixture(t: TestContext, prefix: string) {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
   const files = await certFiles([HOST])
   const upstream = await startUpstream('app')
   t.after(async () => {
@@ -73,6 +65,11 @@ test('autotls run with workers: 2 serves from both workers; SIGTERM drains them 
     await files.remove()
     await rm(dir, { recursive: true, force: true })
   })
+  return { dir, files, upstream }
+}
+
+test('autotls run with workers: 2 serves from both workers; SIGTERM drains them and exits 0', async (t) => {
+  const { dir, files, upstream } = await fileFixture(t, 'autotls-workers-cli-')
   const port = await freePort()
   const file = join(dir, 'autotls.yaml')
   await writeFile(
@@ -89,7 +86,7 @@ routes:
   )
   const proxy = run(file)
   t.after(() => {
-    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (alive(pid)) process.kill(pid, 'SIGKILL')
+    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (isAlive(pid)) process.kill(pid, 'SIGKILL')
   })
   await proxy.until(() => proxy.workerPids().length === 2)
   const answered = new Set<number>()
@@ -102,7 +99,7 @@ routes:
   assert.deepEqual([...answered].sort(), proxy.workerPids().sort(), 'both workers answered')
   proxy.child.kill('SIGTERM')
   assert.equal(await proxy.exit, 0)
-  for (const pid of proxy.workerPids()) assert.equal(alive(pid), false, `worker ${pid} is gone`)
+  for (const pid of proxy.workerPids()) assert.equal(isAlive(pid), false, `worker ${pid} is gone`)
 
   // The port taken by another process: every worker would fail alike, so the start fails (exit 1).
   const blocker = createServer().listen(port, '127.0.0.1')
@@ -114,14 +111,7 @@ routes:
 })
 
 test('autotls run with workers: 2 and admin: the primary listens; /metrics, /status and /reload cover every worker', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'autotls-workers-admin-'))
-  const files = await certFiles([HOST])
-  const upstream = await startUpstream('app')
-  t.after(async () => {
-    await upstream.close()
-    await files.remove()
-    await rm(dir, { recursive: true, force: true })
-  })
+  const { dir, files, upstream } = await fileFixture(t, 'autotls-workers-admin-')
   const [port, adminPort] = await Promise.all([freePort(), freePort()])
   const file = join(dir, 'autotls.yaml')
   await writeFile(
@@ -140,7 +130,7 @@ routes:
   // No file watch: the reload below comes from the admin only.
   const proxy = run(file, {}, ['--no-watch'])
   t.after(() => {
-    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (alive(pid)) process.kill(pid, 'SIGKILL')
+    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (isAlive(pid)) process.kill(pid, 'SIGKILL')
   })
   await proxy.until(() => proxy.workerPids().length === 2)
   const admin = (path: string, init: RequestInit = {}) =>
@@ -219,7 +209,7 @@ routes:
 
   proxy.child.kill('SIGTERM')
   assert.equal(await proxy.exit, 0)
-  for (const pid of proxy.workerPids()) assert.equal(alive(pid), false, `worker ${pid} is gone`)
+  for (const pid of proxy.workerPids()) assert.equal(isAlive(pid), false, `worker ${pid} is gone`)
 })
 
 test('autotls run with workers: 2 on Redis storage (file: acme.storage.redis): one order, TLS-ALPN-01 answered by either worker, both serve it', async (t) => {
@@ -252,7 +242,7 @@ routes:
   const ordersBefore = countOrders(pebble)
   const proxy = run(file, { PEBBLE_CA: pebble.caBundle })
   t.after(() => {
-    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (alive(pid)) process.kill(pid, 'SIGKILL')
+    for (const pid of [proxy.child.pid!, ...proxy.workerPids()]) if (isAlive(pid)) process.kill(pid, 'SIGKILL')
   })
   await proxy.until(() => proxy.workerPids().length === 2)
   const ca = await pebble.issuingRoot()
