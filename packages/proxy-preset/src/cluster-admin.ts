@@ -82,13 +82,12 @@ function mergeStatus(answers: Array<{ ref: WorkerRef; status: StatusJson | undef
         (s) => s.routes.find((r) => r.route === route.route)?.upstreams.find((x) => x.url === u.url) ?? [],
       )
       const failing = seen.find((x) => !x.healthy)
+      const lastError = (failing ?? seen.find((x) => x.lastError))?.lastError
       return {
         url: u.url,
         healthy: failing === undefined,
         checked: seen.some((x) => x.checked),
-        ...((failing ?? seen.find((x) => x.lastError))?.lastError
-          ? { lastError: (failing ?? seen.find((x) => x.lastError))!.lastError }
-          : {}),
+        ...(lastError ? { lastError } : {}),
       }
     }),
   }))

@@ -15,7 +15,14 @@ import type { Dispatcher } from 'undici'
 import type { TrustFunction } from './forwarded.js'
 import { connectionTokens } from './headers.js'
 import type { ResolvedRoute } from './route-options.js'
-import { pathProblem, requestHeadersFor, responseHeadersFor, type Site, upstreamFailure } from './routes.js'
+import {
+  headerListSize,
+  pathProblem,
+  requestHeadersFor,
+  responseHeadersFor,
+  type Site,
+  upstreamFailure,
+} from './routes.js'
 
 /** Path characters the router treats specially (decoding, parameters, fragments): such requests go the Fastify way. */
 const ROUTER_CHARACTERS = /[%;\\#]/
@@ -24,7 +31,6 @@ export interface FastPathDeps {
   log: FastifyBaseLogger
   trusted: TrustFunction
   draining: () => boolean
-  allowSemicolonInPath: boolean
   /** limits.headerBytes (HTTP/2 requests over it go to the routing app, which answers 431). */
   headerBytes: number
   /** The Agent of each route that qualifies (one upstream, no health check, no websocket). */
@@ -59,21 +65,13 @@ function errorBody(error: Error & { statusCode?: number; code?: string }): strin
  */
 export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: ServerResponse, site: Site) => boolean {
   const { log, trusted, draining, agents } = deps
-  const overLimit = (req: IncomingMessage): boolean => {
-    let size = 0
-    const raw = req.rawHeaders
-    for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
-    return size > deps.headerBytes
-  }
   return (req, res, site) => {
     const method = req.method
     if (method !== 'GET' && method !== 'HEAD') return false
     if (draining()) return false
     const h2 = req.httpVersionMajor === 2
-    // HTTP/2: a request whose HEADERS did not end the stream may carry a body; the header list limit of a request
-    // sent with the connection preface is checked by the routing app (routes.ts registerHttp2HeaderLimit).
-    if (h2 && ((req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false || overLimit(req)))
-      return false
+    // HTTP/2: a request whose HEADERS did not end the stream may carry a body.
+    if (h2 && (req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false) return false
     const headers = req.headers
     if (
       headers['content-length'] !== undefined ||
@@ -84,10 +82,14 @@ export function createFastPath(deps: FastPathDeps): (req: IncomingMessage, res: 
     const url = req.url ?? '/'
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
-    if (ROUTER_CHARACTERS.test(path) || pathProblem(path, deps.allowSemicolonInPath) !== undefined) return false
+    // ';' never gets past ROUTER_CHARACTERS, so allowSemicolonInPath cannot matter here.
+    if (ROUTER_CHARACTERS.test(path) || pathProblem(path, false) !== undefined) return false
     const route = routeFor(site, path)
     const agent = route === undefined ? undefined : agents.get(route)
     if (route === undefined || agent === undefined) return false
+    // The header list limit of an HTTP/2 request sent with the connection preface is the routing app's to answer
+    // (431, routes.ts registerHttp2HeaderLimit).
+    if (h2 && headerListSize(req.rawHeaders) > deps.headerBytes) return false
     const upstream = route.upstreams[0]!
     let target: URL
     try {

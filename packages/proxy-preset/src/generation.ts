@@ -67,9 +67,9 @@ export interface GenerationDeps {
   draining: () => boolean
   /** Hosts the `*` route takes: those with an on-demand certificate. */
   acceptOnDemand?: (host: string) => boolean
-  /** Hooks added to every generation's app (metrics, access log), only when those features are on. */
   /** The generation being replaced: upstreams that stay keep their health state. */
   previous?: Generation | undefined
+  /** Hooks added to every generation's app (metrics, access log), only when those features are on. */
   decorate?: (app: FastifyInstance, generation: { id: number; options: ResolvedProxyOptions }) => void
   /** False when per-request hooks (metrics, access log) need every request in the routing app. */
   fastPath?: boolean
@@ -128,14 +128,14 @@ export async function buildGeneration(
     sites,
     app,
     handler: handler!,
+    // No qualifying route (or hooks that need every request): nothing to check per request.
     fast:
-      deps.fastPath === false || options.accessLog
+      deps.fastPath === false || agents.size === 0
         ? () => false
         : createFastPath({
             log: deps.log,
             trusted: deps.trusted,
             draining: deps.draining,
-            allowSemicolonInPath: options.allowSemicolonInPath,
             headerBytes: options.limits.headerBytes,
             agents,
           }),

@@ -161,7 +161,7 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       trusted: opts.trustedProxies,
       draining: () => draining,
       previous: live.current,
-      fastPath: metrics === undefined,
+      fastPath: metrics === undefined && !opts.accessLog,
       decorate: (genApp, gen) => {
         metrics?.instrument(genApp)
         if (gen.options.accessLog) registerAccessLog(genApp, log)

@@ -472,6 +472,13 @@ async function connectUpstream(route: ResolvedRoute, set: UpstreamSet | undefine
   }
 }
 
+/** The size of a header list as HTTP/2 counts it (HPACK accounting: name + value + 32 per field). */
+export function headerListSize(raw: readonly string[]): number {
+  let size = 0
+  for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
+  return size
+}
+
 /**
  * HTTP/2 enforces SETTINGS_MAX_HEADER_LIST_SIZE only once the client has acknowledged our SETTINGS; a request sent
  * with the connection preface is checked here instead (HPACK accounting: name + value + 32 per field).
@@ -480,10 +487,7 @@ export function registerHttp2HeaderLimit(app: FastifyInstance, options: Resolved
   if (!options.https.http2) return
   app.addHook('onRequest', (request, reply, done) => {
     if (request.raw.httpVersionMajor !== 2) return done()
-    let size = 0
-    const raw = request.raw.rawHeaders
-    for (let i = 0; i < raw.length; i += 2) size += (raw[i]?.length ?? 0) + (raw[i + 1]?.length ?? 0) + 32
-    if (size > options.limits.headerBytes) {
+    if (headerListSize(request.raw.rawHeaders) > options.limits.headerBytes) {
       reply.send(new ERR_HEADERS_TOO_LARGE(options.limits.headerBytes))
       return
     }
