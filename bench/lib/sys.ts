@@ -65,7 +65,10 @@ export function treeCpuSeconds(pid: number): number {
   try {
     for (const task of readdirSync(`/proc/${pid}/task`)) {
       const children = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').trim()
-      for (const child of children === '' ? [] : children.split(' ')) total += cpuSeconds(Number(child))
+      for (const child of children === '' ? [] : children.split(' ')) {
+        const seconds = cpuSeconds(Number(child))
+        if (!Number.isNaN(seconds)) total += seconds
+      }
     }
   } catch {
     // Gone: what was read so far.

@@ -5,6 +5,7 @@ import { timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import type { FastifyAcme } from '@autotls/fastify-acme'
 import Fastify, { type FastifyBaseLogger, LogController } from 'fastify'
+import { listenError } from './listen-error.js'
 import type { ManualCertificates } from './manual-certs.js'
 import type { ResolvedProxyOptions } from './options.js'
 import type { ReloadResult } from './reload.js'
@@ -26,8 +27,6 @@ export interface AdminDeps {
   metrics: { readonly contentType: string; text(): Promise<string> }
   reload: () => Promise<ReloadResult>
   status: () => StatusJson | Promise<StatusJson>
-  /** Called with the listen error (named for the `admin` listener). */
-  listenError: (err: unknown) => Error
 }
 
 export interface AdminServer {
@@ -182,7 +181,7 @@ export async function startAdmin(deps: AdminDeps): Promise<AdminServer> {
       try {
         await app.listen({ host: deps.options.host, port: deps.options.port })
       } catch (err) {
-        throw deps.listenError(err)
+        throw listenError(err, deps.options, 'admin')
       }
     },
     address() {

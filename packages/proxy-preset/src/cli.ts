@@ -136,8 +136,10 @@ program
     } catch (err) {
       fail(describeConfigError(err, config))
     }
-    // With `workers`, this process only supervises them (workers.ts); each worker runs this command again.
-    const cluster = workers > 1 ? await import('./workers.js') : undefined
+    // With `workers`, this process only supervises them (workers.ts); each worker runs this command again. A worker
+    // stays one even if the file now says otherwise (`workers` changes only with a restart of the primary).
+    const cluster =
+      workers > 1 || process.env['AUTOTLS_WORKER'] !== undefined ? await import('./workers.js') : undefined
     if (cluster && !cluster.isWorker()) {
       process.exitCode = await cluster.runPrimary({
         workers,

@@ -6,17 +6,16 @@ import type { Worker } from 'node:cluster'
 import { AggregatorRegistry, Gauge, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { type AdminServer, type StatusJson, startAdmin } from './admin.js'
 import type { ProxyHandle } from './index.js'
-import { listenError } from './listen-error.js'
 import type { ResolvedProxyOptions } from './options.js'
 import type { ReloadResult } from './reload.js'
 
 /** How long the primary waits for a worker's answer; a worker that does not answer in time is left out. */
-export const WORKER_ANSWER_MS = 5_000
+const WORKER_ANSWER_MS = 5_000
 
 type Ask = 'metrics' | 'status' | 'reload'
 type Metrics = Array<MetricObjectWithValues<MetricValue<string>>>
-export type AdminQuestion = { type: 'autotls:admin'; id: number; ask: Ask }
-export type AdminAnswer = {
+type AdminQuestion = { type: 'autotls:admin'; id: number; ask: Ask }
+type AdminAnswer = {
   type: 'autotls:admin-answer'
   id: number
   metrics?: Metrics
@@ -25,7 +24,7 @@ export type AdminAnswer = {
   error?: string
 }
 
-export interface WorkerRef {
+interface WorkerRef {
   slot: number
   worker: Worker
 }
@@ -59,10 +58,14 @@ function asker() {
       const id = ++next
       const done = (answer: AdminAnswer | undefined) => {
         clearTimeout(timer)
+        worker.off('exit', gone)
         pending.delete(id)
         resolve(answer)
       }
-      const timer = setTimeout(() => done(undefined), WORKER_ANSWER_MS)
+      // A worker that dies after the question went out answers nothing: do not wait for the time limit.
+      const gone = () => done(undefined)
+      const timer = setTimeout(gone, WORKER_ANSWER_MS)
+      worker.once('exit', gone)
       pending.set(id, done)
       if (!worker.isConnected()) return done(undefined)
       worker.send({ type: 'autotls:admin', id, ask: what } satisfies AdminQuestion, undefined, (err) => {
@@ -180,7 +183,6 @@ export async function startClusterAdmin(
       deps.log('info', 'reload of every worker (admin)', { applied: result.applied, workers: result.workers })
       return result
     },
-    listenError: (err) => listenError(err, deps.options, 'admin'),
   })
   return { server, listen }
 }

@@ -302,7 +302,6 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
         upstreamHealth: (route, upstream) => live.current!.health(route, upstream),
       })
     if (initial.admin) {
-      const adminOptions = initial.admin
       metrics!.attach({
         acme: () => acme,
         certificates: () => live.certificates,
@@ -318,12 +317,11 @@ export async function createProxy(options: ProxyOptions, runtime: ProxyRuntime =
       })
       if (runtime.adminListener !== false) {
         admin = await startAdmin({
-          options: adminOptions,
+          options: initial.admin,
           log: app.log.child({ listener: 'admin' }),
           metrics: metrics!,
           reload: reloadFromSource,
           status: currentStatus,
-          listenError: (err) => listenError(err, adminOptions, 'admin'),
         })
       }
     }

@@ -242,10 +242,6 @@ export interface RoutingDeps {
   draining: () => boolean
 }
 
-/**
- * Registers every route (and the not-found handler) on the HTTPS app. Returns the dispatchers to close and, per
- * route label, the upstream sets of routes with several upstreams or a health check.
- */
 function changes(c: ResolvedRoute['requestHeaders']): boolean {
   return c.remove.length > 0 || c.set.length > 0
 }
@@ -289,6 +285,10 @@ export function upstreamFailure(route: ResolvedRoute, error: Error): { codes: st
   }
 }
 
+/**
+ * Registers every route (and the not-found handler) on the HTTPS app. Returns the dispatchers to close and, per
+ * route label, the upstream sets of routes with several upstreams or a health check.
+ */
 export function registerRoutes(
   app: FastifyInstance,
   deps: RoutingDeps,

@@ -11,12 +11,12 @@ import type { ProxyHandle } from './index.js'
 import type { ProxyOptions, ResolvedProxyOptions } from './options.js'
 
 /** First restart delay of a crashed worker; doubled per crash in a row of the same worker, up to RESTART_MAX_MS. */
-export const RESTART_MIN_MS = 250
-export const RESTART_MAX_MS = 30_000
+const RESTART_MIN_MS = 250
+const RESTART_MAX_MS = 30_000
 /** A worker that dies sooner than this after it was forked counts towards the crash loop cap. */
-export const QUICK_CRASH_MS = 30_000
+const QUICK_CRASH_MS = 30_000
 /** Quick crashes in a row (of any worker, none lived longer in between) before the primary gives up. */
-export const MAX_QUICK_CRASHES = 5
+const MAX_QUICK_CRASHES = 5
 /** Beyond the proxy's own grace period, what a worker gets to exit before it is killed. */
 const EXIT_SLACK_MS = 5_000
 
