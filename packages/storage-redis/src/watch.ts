@@ -120,8 +120,9 @@ export class ChangeFeed {
     this.#listeners.clear()
     const subscriber = this.#subscriber
     if (!subscriber) return
-    await this.#starting
+    // Close first, then wait: a connect() still retrying (Redis down since the start) would never settle otherwise.
     if (subscriber.isReady) await subscriber.close().catch(() => subscriber.destroy())
     else if (subscriber.isOpen) subscriber.destroy()
+    await this.#starting
   }
 }

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import type { StorageChange } from '@autotls/fastify-acme'
 import { storageContract } from '@autotls/fastify-acme/testing'
-import { type RedisServer, startRedis } from '@autotls/pebble-harness'
+import { freePort, type RedisServer, startRedis } from '@autotls/pebble-harness'
 import { createClient } from '@redis/client'
 import { RedisStorage } from '../src/index.js'
 
@@ -155,6 +155,19 @@ describe('RedisStorage on Redis', () => {
 })
 
 describe('RedisStorage through an outage', () => {
+  test('a store watching a Redis that never answered closes at once (the subscription stops connecting)', {
+    timeout: 20_000,
+  }, async () => {
+    const port = await freePort()
+    const storage = new RedisStorage({ url: `redis://127.0.0.1:${port}`, commandTimeoutMs: 200 })
+    const changes: StorageChange[] = []
+    const watching = storage.watch('d/', (change) => changes.push(change))
+    // The subscription keeps trying to connect; close() must not wait for a connection that never comes.
+    await storage.close()
+    watching.close()
+    assert.ok(changes.every((c) => c.type === 'unreachable'))
+  })
+
   test('Redis down: operations reject with FACME_STORAGE within a bound, a held lease is lost; all recover', async (t) => {
     const own = await startRedis()
     t.after(() => own.stop())
