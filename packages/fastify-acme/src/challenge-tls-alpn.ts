@@ -31,14 +31,7 @@ export function isChallengeHello(
   serverName: string | undefined,
   resolver: CertResolver,
 ): boolean {
-  return (
-    alpn !== undefined &&
-    alpn.length === 1 &&
-    alpn[0] === ACME_TLS_ALPN &&
-    serverName !== undefined &&
-    serverName !== '' &&
-    resolver.hasChallenge(serverName)
-  )
+  return offersOnlyAcmeTls(alpn) && serverName !== undefined && serverName !== '' && resolver.hasChallenge(serverName)
 }
 
 /**
@@ -102,8 +95,10 @@ export function installTlsAlpnResponder(
         stats.diverted++
         challengeServer.emit('connection', socket)
       } else if (result.kind === 'hello' && offersOnlyAcmeTls(result.info.alpnProtocols) && result.info.serverName) {
-        // A validator for a name with no challenge here: another instance's order, whose notification has not
-        // arrived yet. Only validators offer nothing but acme-tls/1, so no normal client waits for this look.
+        // A validator for a name with no challenge here yet: another instance's order whose challenge is being read
+        // from storage (connections are peeked from its notification on; the ordering instance waits for the
+        // echo and a settle time before the CA validates). Only validators offer nothing but acme-tls/1, so no
+        // normal client waits for this look.
         socket.on('error', guard)
         void resolver.lookupChallenge(result.info.serverName).then((found) => {
           socket.off('error', guard)

@@ -17,7 +17,7 @@ import { type FastifyAcmeOptions, resolveOptions, systemClock } from './options.
 import { wiringOf } from './server.js'
 import { SessionTickets } from './session-tickets.js'
 import { FileStorage } from './storage/file.js'
-import { directoryKey, type Storage } from './storage/index.js'
+import type { Storage } from './storage/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -44,12 +44,14 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
     : new FileStorage(resolve(options.cacheDir))
   const log = fastify.log.child({ plugin: 'fastify-acme' })
   const events = new AcmeEventEmitter()
+  // The primary CA's folder in the storage: shared challenges and session tickets live there.
+  const home = issuersFrom(options)[0]!.dir
   // A storage shared with other instances (it has watch()): challenges are shared too, so the CA's validator may
   // reach any instance behind a load balancer.
   const shared = storage.watch
     ? new SharedChallenges({
         storage: storage as Storage & { watch: NonNullable<Storage['watch']> },
-        dir: issuersFrom(options)[0]!.dir,
+        dir: home,
         resolver: wiring.resolver,
         log,
         self: `${process.pid}@${hostname()}`,
@@ -89,7 +91,7 @@ const plugin: FastifyPluginAsync<FastifyAcmeOptions> = async (fastify, rawOption
     const tickets = new SessionTickets({
       server,
       storage: options.sessionTickets.shared ? storage : undefined,
-      dir: directoryKey(options.directoryUrl),
+      dir: home,
       rotateAfterMs: options.sessionTickets.rotateAfterMs,
       clock: rawOptions.clock ?? systemClock,
       log: log.child({ component: 'session-tickets' }),

@@ -107,3 +107,22 @@ test('a put here reaches a watcher in another process', async (t) => {
   await s.delete('dir/certificates/c.example.json')
   assert.deepEqual(JSON.parse(await watcher.next()), { type: 'changed', key: 'dir/certificates/c.example.json' })
 })
+
+test('the watched folder wiped: reported as unreachable (no made-up key), watched again, then a resync', async (t) => {
+  const root = join(await mkdtemp(join(tmpdir(), 'facme-watch-')), 'cache')
+  t.after(() => rm(root, { recursive: true, force: true }))
+  const storage = new FileStorage(root)
+  await storage.put('dir/certificates/a.example.json', 'v1')
+  const changes: StorageChange[] = []
+  const watch = storage.watch('dir/', (c) => changes.push(c))
+  t.after(() => watch.close())
+  await rm(join(root, 'dir'), { recursive: true, force: true })
+  await waitFor(changes, (c) => c.type === 'unreachable')
+  await waitFor(changes, (c) => c.type === 'resync')
+  for (const c of changes) {
+    if (c.type === 'changed') assert.ok(c.key.startsWith('dir/certificates/'), `a made-up key: ${c.key}`)
+  }
+  // Watched again: a put after the resync is heard.
+  await storage.put('dir/certificates/b.example.json', 'v2')
+  await waitFor(changes, (c) => c.type === 'changed' && c.key === 'dir/certificates/b.example.json')
+})

@@ -53,6 +53,11 @@ function toArgument(value: string | Uint8Array): string | Buffer {
   return Buffer.from(value.buffer, value.byteOffset, value.byteLength)
 }
 
+/** An error of #run marked as "Redis cannot answer now" (not a closed store, not a refused command). */
+function unreachable(err: unknown): boolean {
+  return (err as { unreachable?: unknown }).unreachable === true
+}
+
 export class RedisStorage implements Storage {
   /** SCAN visits every key present for the whole scan: list() returns all of them, in one call. */
   readonly listIsComplete = true
@@ -168,7 +173,7 @@ export class RedisStorage implements Storage {
     } catch (err) {
       const error = new ERR_STORAGE(`${what} of ${key}`, `Redis: ${(err as Error).message}`, { cause: err })
       // Not connected (or no answer in time): the plugin pauses orders instead of counting a failure.
-      if (!this.#client.isReady || isTimeout(err)) Object.assign(error, { unreachable: true })
+      if (!this.#closed && (!this.#client.isReady || isTimeout(err))) Object.assign(error, { unreachable: true })
       throw error
     }
   }
@@ -180,7 +185,7 @@ export class RedisStorage implements Storage {
       value = await this.#run('read', key, () => this.#bytes.get(redisKey))
     } catch (err) {
       // Redis cannot answer: what this instance last saw of the key, if it keeps a copy.
-      if (this.#copy) return this.#copy.get(key)
+      if (this.#copy && unreachable(err)) return this.#copy.get(key)
       throw err
     }
     const found = value === null || value === undefined ? undefined : Buffer.from(value as Buffer)
@@ -209,7 +214,7 @@ export class RedisStorage implements Storage {
             : ((await this.#run('read', `${valid.length} keys`, () => this.#bytes.mGet(valid))) as Array<Buffer | null>)
       } catch (err) {
         const copy = this.#copy
-        if (!copy) throw err
+        if (!copy || !unreachable(err)) throw err
         for (let j = 0; j < batch.length; j++) {
           const slot = slots[j]!
           out.push(slot instanceof Error ? slot : await copy.get(batch[j]!).catch((e: Error) => e))
@@ -286,7 +291,7 @@ export class RedisStorage implements Storage {
     try {
       await scan
     } catch (err) {
-      if (this.#copy) return (await this.#copy.list(prefix)).sort()
+      if (this.#copy && unreachable(err)) return (await this.#copy.list(prefix)).sort()
       throw err
     }
     return [...found].sort()

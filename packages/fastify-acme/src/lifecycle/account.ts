@@ -94,10 +94,8 @@ export class AccountKeeper {
     if (this.#account) return
     const raw = await this.#d.storage.get(keys.account(this.#d.issuer.dir)).catch(() => undefined)
     if (!raw || this.#account) return
-    try {
-      const account = JSON.parse(raw.toString('utf8')) as unknown
-      if (usableAccount(account)) this.#account = Promise.resolve(account)
-    } catch {}
+    const account = parseAccount(raw)
+    if (account) this.#account = Promise.resolve(account)
   }
 
   /**
@@ -135,10 +133,8 @@ export class AccountKeeper {
     try {
       const raw = await storage.get(key)
       if (raw) {
-        try {
-          const account = JSON.parse(raw.toString('utf8')) as unknown
-          if (usableAccount(account)) return account
-        } catch {}
+        const account = parseAccount(raw)
+        if (account) return account
         log.error('fastify-acme: the stored ACME account is unreadable; registering a new account')
       }
       // A URL that is not an ACME directory fails here, with its own code, before anything is registered.
@@ -158,6 +154,16 @@ export class AccountKeeper {
       await storage.delete(reservation).catch(() => {})
       await lease.release()
     }
+  }
+}
+
+/** The stored account, or undefined when it is unreadable or unusable (as good as missing). */
+function parseAccount(raw: Buffer): AccountRecord | undefined {
+  try {
+    const account = JSON.parse(raw.toString('utf8')) as unknown
+    return usableAccount(account) ? account : undefined
+  } catch {
+    return undefined
   }
 }
 

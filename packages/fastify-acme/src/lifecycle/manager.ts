@@ -19,7 +19,7 @@ import type { ChallengeResponder } from './challenges.js'
 import { issuersFrom } from './issuers.js'
 import { type CachedName, checkCached, readCache } from './load.js'
 import { Maintenance } from './maintenance.js'
-import { type IssuerContext, OrderRunner, type Outcome } from './order.js'
+import { type IssuerContext, OrderRunner, type Outcome, STORAGE_PAUSE } from './order.js'
 import { OrderJournals } from './order-journal.js'
 import { OrderBudget } from './rate-limit.js'
 import { type RenewalPolicy, renewalPolicy } from './renewal-policy.js'
@@ -29,7 +29,6 @@ import { type NameEntry, NameStates, type NameStatus, newEntry, statusOf } from 
 import { StorageSync, type SyncNotice } from './storage-sync.js'
 
 /** The `source` of a next action put off because the storage could not be reached. */
-const STORAGE_PAUSE = 'storage unreachable'
 /** Certificates read per step of a reconciliation. */
 const RECONCILE_BATCH = 200
 
@@ -499,6 +498,8 @@ export class CertificateManager {
     for (const ctx of this.#issuers) ctx.ari.stop()
     this.#maintenance.stop()
     this.#abort.abort(new ERR_CLOSED())
+    // A reconcile stops at its next batch; nothing writes to the storage after close() returns.
+    await this.#reconciling
     await this.#verifying
     for (const entry of this.#entries.values()) {
       for (const w of entry.waiters.splice(0)) w.reject(new ERR_CLOSED())
@@ -648,7 +649,7 @@ export class CertificateManager {
             // The others adopt it; the order of newerRecord() is the same everywhere, so this settles.
             await storage.put(storeKeys[j]!, JSON.stringify(ours))
             reseeded++
-          } else if (stored && stored.serial !== entry.record?.serial && !entry.running) {
+          } else if (stored && !entry.running && (!entry.record || newerRecord(stored, entry.record))) {
             const before = entry.record
             await this.#adoptFromStorage(entry)
             if (entry.record !== before) adopted++

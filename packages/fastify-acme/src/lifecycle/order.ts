@@ -30,7 +30,7 @@ import {
 } from '../errors.js'
 import type { OrderReason } from '../events.js'
 import type { Clock, ResolvedOptions } from '../options.js'
-import { keys, type Lease, type Storage } from '../storage/index.js'
+import { isUnreachable, keys, type Lease, type Storage } from '../storage/index.js'
 import { type AccountKeeper, RESERVATION_BYTES } from './account.js'
 import { certIdOfRecord } from './ari-poller.js'
 import { nextAttemptDelay } from './backoff.js'
@@ -84,7 +84,9 @@ export interface OrderDeps {
 /** After a lost lock, look again this soon: the storage then says whether the other holder finished. */
 const LOST_LOCK_RECHECK_MS = 5_000
 /** While the storage cannot be reached, look again this often (sooner when it tells it is back). */
-export const STORAGE_PAUSE_MS = 5_000
+const STORAGE_PAUSE_MS = 5_000
+/** The reason of a name whose order waits for the storage (the manager makes those due again once it is back). */
+export const STORAGE_PAUSE = 'storage unreachable'
 
 /** Thrown inside an attempt when the interrupted order it was resuming is gone or dead at the CA. */
 class OrderGone extends Error {}
@@ -114,7 +116,7 @@ export class OrderRunner {
       if (closing.aborted) return { kind: 'abandoned', error: new ERR_CLOSED({ cause: err }) }
       // The storage is unreachable (a shared store's outage): no order without it; this is no failure of the name
       // and costs no backoff. Orders pause until the storage answers again.
-      if (unreachable(err)) return this.#paused(entry, err as Error)
+      if (isUnreachable(err)) return this.#paused(entry, err as Error)
       // Taking the lock (or reading storage) failed: a failure like any other, with its backoff.
       return this.#failed(entry, err, undefined)
     } finally {
@@ -200,7 +202,7 @@ export class OrderRunner {
       states.apply(entry, { to: 'issued', record, issuer: ctx.index })
       return { kind: 'issued' }
     } catch (err) {
-      if (unreachable(err) && !closing.aborted) {
+      if (isUnreachable(err) && !closing.aborted) {
         // The storage went away in the middle (before the lease noticed): as for a lost lock, nothing counts; an
         // order already at the CA stays journaled where the storage still has it.
         await retries.restore(name, priorRaw).catch(() => {})
@@ -414,8 +416,8 @@ export class OrderRunner {
   #paused(entry: NameEntry, error: Error): Outcome {
     const at = this.#d.clock.now() + STORAGE_PAUSE_MS
     const next: NextKind = entry.failures > 0 ? 'retry' : entry.record ? 'renew' : 'issue'
-    if (entry.next?.source !== 'storage unreachable')
-      this.#d.states.apply(entry, { to: 'deferred', reason: 'storage unreachable', until: at })
+    if (entry.next?.source !== STORAGE_PAUSE)
+      this.#d.states.apply(entry, { to: 'deferred', reason: STORAGE_PAUSE, until: at })
     return { kind: 'paused', next, error, at }
   }
 
@@ -492,14 +494,6 @@ export class OrderRunner {
 }
 
 /** A storage error marked `unreachable` (see Storage), on the error or on its cause. */
-function unreachable(err: unknown): boolean {
-  for (let e = err as { unreachable?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; depth++) {
-    if (e.unreachable === true) return true
-    e = e.cause as typeof e
-  }
-  return false
-}
-
 const REPLACES_REFUSED = new Set(['urn:ietf:params:acme:error:alreadyReplaced', 'urn:ietf:params:acme:error:conflict'])
 
 /** A newOrder refused because of its `replaces` field (Let's Encrypt says malformed when the AKI is another CA's). */

@@ -67,7 +67,7 @@ export class OrderBudget {
     try {
       const stored = await this.#read()
       // Times from memory that the store no longer has (and that are still in the window) go back in.
-      const missing = this.#known.filter((t) => !stored.includes(t))
+      const missing = this.#known.filter((t) => t > now - this.#windowMs && !stored.includes(t))
       const times = missing.length === 0 ? stored : [...stored, ...missing].sort((a, b) => a - b)
       const limiter = new OrderLimiter(this.#limit, this.#windowMs, times)
       const wait = limiter.take(now)

@@ -6,7 +6,14 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { ChallengeToPresent } from '../acme.js'
 import type { CertResolver } from '../resolver.js'
-import { keys, type Storage, type StorageChange, type StorageWatch, segmentName } from '../storage/index.js'
+import {
+  isUnreachable,
+  keys,
+  type Storage,
+  type StorageChange,
+  type StorageWatch,
+  segmentName,
+} from '../storage/index.js'
 import type { ChallengeResponder } from './challenges.js'
 
 /** How long a presenting instance waits for its own notification to come back through the storage. */
@@ -70,8 +77,13 @@ export class SharedChallenges {
     this.#watch = deps.storage.watch(keys.challenges(deps.dir), (change) => this.#changed(change))
   }
 
+  #closed = false
+
   close(): void {
+    this.#closed = true
     void this.#watch.close()
+    for (const timer of this.#expiry.values()) clearTimeout(timer)
+    this.#expiry.clear()
     for (const name of this.#remoteNames) this.#d.resolver.deleteChallenge(name)
     this.#remoteNames.clear()
     this.#remoteTokens.clear()
@@ -142,7 +154,7 @@ export class SharedChallenges {
       this.#echoes.delete(key)
       // A storage that cannot be reached (a shared store's outage): the order stops and pauses, rather than have a
       // validation reaching another instance fail at the CA.
-      if ((err as { unreachable?: unknown }).unreachable === true) {
+      if (isUnreachable(err)) {
         this.#own.delete(key)
         throw err
       }
@@ -186,11 +198,30 @@ export class SharedChallenges {
     return segmentName(key.slice(folder.length, -'.json'.length))
   }
 
+  /** Expiry of each installed remote challenge, per storage key: replaced with it, cleared when it goes. */
+  readonly #expiry = new Map<string, NodeJS.Timeout>()
+
+  #expireLater(key: string, expire: () => void): void {
+    clearTimeout(this.#expiry.get(key))
+    const timer = setTimeout(() => {
+      this.#expiry.delete(key)
+      expire()
+    }, REMOTE_TTL_MS)
+    timer.unref()
+    this.#expiry.set(key, timer)
+  }
+
+  #cancelExpiry(key: string): void {
+    clearTimeout(this.#expiry.get(key))
+    this.#expiry.delete(key)
+  }
+
   /** A remote TLS-ALPN-01 challenge whose removal was not heard: gone unless storage still holds it. */
-  async #expire(key: string): Promise<void> {
-    const still = await this.#d.storage.get(key).catch(() => undefined)
-    if (still) {
-      // Still stored (its instance died mid-order): delete it, which tells everyone to take it down.
+  async #expire(key: string, token: string): Promise<void> {
+    const still = parse(await this.#d.storage.get(key).catch(() => undefined))
+    if (still?.token === token) {
+      // Still stored (its instance died mid-order): delete it, which tells everyone to take it down. A newer
+      // challenge for the same name (another attempt) has another token and stays.
       await this.#d.storage.delete(key).catch(() => {})
     }
     await this.#read(key)
@@ -198,17 +229,24 @@ export class SharedChallenges {
 
   /** Reads in flight, per key: a validator's hello waits for the read its notification started. */
   readonly #reading = new Map<string, Promise<void>>()
+  /** Keys notified again while their read ran: read once more after it (the change may have come too late for it). */
+  readonly #readAgain = new Set<string>()
 
   /** Installs (or removes) another instance's challenge as storage now holds it. */
   #read(key: string): Promise<void> {
+    if (this.#closed) return Promise.resolve()
     const running = this.#reading.get(key)
-    if (running) return running
+    if (running) {
+      this.#readAgain.add(key)
+      return running
+    }
     const name = this.#tlsAlpnName(key)
     // From the notification on, connections are peeked: a validator's hello for `name` waits for this read.
     if (name !== undefined) this.#d.resolver.expectChallenge(name, true)
     const read = this.#install(key, name).finally(() => {
       this.#reading.delete(key)
       if (name !== undefined) this.#d.resolver.expectChallenge(name, false)
+      if (this.#readAgain.delete(key)) void this.#read(key)
     })
     this.#reading.set(key, read)
     return read
@@ -228,21 +266,23 @@ export class SharedChallenges {
           return
         }
         this.#remoteNames.add(record.name)
-        setTimeout(() => this.#expire(key), REMOTE_TTL_MS).unref()
+        this.#expireLater(key, () => void this.#expire(key, record.token))
         log.info(
           { name: record.name, by: record.by },
           "fastify-acme: answering another instance's TLS-ALPN-01 challenge",
         )
       } else if (!record && this.#remoteNames.delete(name)) {
         // Removed by the instance that presented it: take ours down (never a challenge this instance presents).
+        this.#cancelExpiry(key)
         resolver.deleteChallenge(name)
       }
       return
     }
     if (record?.type === 'http-01') {
       this.#remoteTokens.set(record.token, record.keyAuthorization)
-      setTimeout(() => this.#remoteTokens.delete(record.token), REMOTE_TTL_MS).unref()
+      this.#expireLater(key, () => this.#remoteTokens.delete(record.token))
     } else if (!record) {
+      this.#cancelExpiry(key)
       // `<dir>/challenges/http-01/t<token>.json` (keys.http01Challenge)
       const file = key.slice(key.lastIndexOf('/') + 1)
       this.#remoteTokens.delete(file.slice(1, -'.json'.length))

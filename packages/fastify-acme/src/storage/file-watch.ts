@@ -4,7 +4,7 @@
 // they may have been written before the watcher was set. Only final keys are reported: put() writes a temp file
 // and renames it over the key, and lock files are no keys.
 import { type FSWatcher, mkdirSync, readdirSync, statSync, watch } from 'node:fs'
-import { join, relative, sep } from 'node:path'
+import { basename, join, relative, sep } from 'node:path'
 import type { StorageChange, StorageWatch } from './index.js'
 
 /** put()'s temp files, lock files and the lock files being taken over: never keys. */
@@ -92,7 +92,8 @@ export function watchFolder(
   }
 
   const onEvent = (dir: string, name: string | Buffer | null) => {
-    if (closed) return
+    // Closed, or this folder's watch was dropped (events already queued for it still arrive).
+    if (closed || !watchers.has(dir)) return
     if (name === null) {
       // inotify did not say what changed (its queue overflowed): everything may have.
       listener({ type: 'resync' })
@@ -100,6 +101,15 @@ export function watchFolder(
     }
     const entry = name.toString()
     if (NOT_A_KEY.test(entry)) return
+    // A watched folder removed (inotify names the folder itself). The store's own folder gone (a wiped cache) is
+    // reported and watched again once it can be re-made; a sub-folder's removal is its parent's event.
+    if (entry === basename(dir) && statOf(dir) === undefined) {
+      if (dir === baseDir) {
+        drop(dir)
+        failed(new Error(`the watched folder ${dir} was removed`))
+      }
+      return
+    }
     const full = join(dir, entry)
     const stat = statOf(full)
     if (stat?.isDirectory()) add(full, true)

@@ -38,6 +38,15 @@ export interface StorageWatch {
   close(): void | Promise<void>
 }
 
+/** True for an error marked `unreachable` (see Storage below), directly or as the cause of a wrapping error. */
+export function isUnreachable(err: unknown): boolean {
+  for (let e = err as { unreachable?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; depth++) {
+    if (e.unreachable === true) return true
+    e = e.cause as typeof e
+  }
+  return false
+}
+
 /**
  * A storage failure, thrown as ERR_STORAGE (FACME_STORAGE). A network store sets `unreachable: true` on it when the
  * store cannot be reached right now (not connected, no answer in time): orders then pause until it answers, without
